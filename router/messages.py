@@ -1,0 +1,201 @@
+"""The values that cross part boundaries: small, frozen, shared by reference.
+
+pykka passes references, not copies, so everything here is immutable. Each part
+owns the meaning of its messages; they live together only so that no part has
+to import another part to talk to it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """What a webhook receives for one event, serialised once and shared by every webhook.
+
+    ``body`` is the compact JSON object *without* its closing brace; ``for_webhook``
+    appends ``"webhook": name`` and the brace, so one serialisation serves all targets.
+    """
+
+    id: str
+    type: str
+    body: str
+
+    def for_webhook(self, name: str) -> bytes:
+        return f'{self.body},"webhook":{json.dumps(name)}}}'.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A validated event, as the filter sees it. ``timestamp`` is epoch seconds."""
+
+    id: str
+    type: str
+    timestamp: float
+    company: str | None
+    project: str | None
+    data: dict[str, Any]
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """An event that passed validation, with the webhooks it goes to.
+
+    ``reply`` is the ROUTER envelope (identity frames and delimiter) for an acked
+    event, or ``None`` for an event that came in on the PULL socket. ``targets`` is
+    filled in by the filter.
+    """
+
+    event: Event
+    reply: tuple[bytes, ...] | None
+    targets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """The journal's answer for one ``Accepted``: its sequence number, or a duplicate."""
+
+    item: Accepted
+    seq: int | None  # None: the id was already journaled (a duplicate, acked, not delivered)
+
+
+# --------------------------------------------------------------------------- deliveries
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One (event, webhook) delivery as its supervisor holds it. A value: retries replace it.
+
+    ``seq`` is the journal's event sequence number and orders deliveries (oldest
+    first). ``attempts`` counts attempts already made; ``next_at`` is the wall-clock
+    time the next attempt is due (``None``: now).
+    """
+
+    seq: int
+    payload: Payload
+    attempts: int = 0
+    next_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A job for the delivery pool: send one attempt of one delivery.
+
+    ``seq`` is 0 for a health check, which is never journaled.
+    """
+
+    webhook: Any  # router.config.WebhookConfig (Any avoids an import cycle)
+    seq: int
+    payload: Payload
+    number: int  # 1-based attempt number, sent as webhook-attempt
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What happened to one attempt. The pool reports facts; the supervisor decides."""
+
+    webhook: str
+    seq: int
+    number: int
+    ok: bool  # a 2xx within the timeout
+    status: int | None  # HTTP status, None when no response came
+    error: str | None  # short reason when not ok: "HTTP 500", "timeout", "blocked address", …
+    retry_after: float | None  # seconds, from Retry-After on 429/503
+    latency: float  # seconds from send to response (or failure)
+    response: str  # response body, at most 64 KiB, decoded leniently
+    started_at: float  # wall-clock time the attempt started
+
+
+# --------------------------------------------------------------------------- journal
+
+DONE, PENDING, EXHAUSTED, CANCELLED = "done", "pending", "exhausted", "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookState:
+    """A webhook's persisted health and counters (what survives a restart)."""
+
+    state: str = "active"  # active | failing | disabled
+    disabled_reason: str | None = None  # "manual" | "exhausted" | "gone" | "config"
+    consecutive_failures: int = 0
+    delivered: int = 0
+    failed: int = 0
+    last_success: float | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """Journal these accepted events and their deliveries in one transaction."""
+
+    items: tuple[Accepted, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Record one attempt and the delivery's new state (``done``, ``pending`` or ``exhausted``)."""
+
+    webhook: str
+    seq: int
+    result: AttemptResult
+    state: str
+    next_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SaveState:
+    """Persist a webhook's state; the journal keeps only the newest per transaction."""
+
+    webhook: str
+    state: WebhookState
+
+
+@dataclass(frozen=True, slots=True)
+class LoadPending:
+    """Read up to ``limit`` pending deliveries of ``webhook`` with seq > ``after_seq``.
+
+    The journal calls ``reply(Loaded(...))`` from its own thread.
+    """
+
+    webhook: str
+    after_seq: int
+    limit: int
+    reply: Callable[[Any], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Revive:
+    """Turn ``webhook``'s exhausted deliveries back into pending ones (attempts reset).
+
+    With ``since`` (epoch seconds) or ``include_done``, this is a replay: deliveries
+    already done are sent again too. Replies ``Loaded`` with the revived deliveries.
+    """
+
+    webhook: str
+    reply: Callable[[Any], None]
+    since: float | None = None
+    include_done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """Deliveries read back from the journal, oldest first."""
+
+    webhook: str
+    deliveries: tuple[Delivery, ...]
+    after_seq: int
+    limit: int | None  # None: everything was returned (Revive)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """A webhook left the config: cancel its unfinished deliveries (logged with the count)."""
+
+    webhook: str
