@@ -1,0 +1,248 @@
+"""The supervisor's plain logic: queue, retries, health, spill, ordering. No threads."""
+
+import itertools
+
+from router.config import HealthConfig, RateLimit, RetryConfig, WebhookConfig
+from router.messages import (
+    AttemptResult,
+    Delivery,
+    Loaded,
+    LoadPending,
+    Outcome,
+    Payload,
+    Revive,
+    SaveState,
+    WebhookState,
+)
+from router.supervisor import Load, Record, Restored, Send, WakeAt, WebhookCore
+
+
+def hook(**kw) -> WebhookConfig:
+    base = dict(name="w", url="http://127.0.0.1:9/x", retry=RetryConfig(5, (10.0, 20.0)))
+    base.update(kw)
+    return WebhookConfig(**base)
+
+
+ids = (f"probe{i}" for i in itertools.count())
+
+
+def core(restored=Restored(), queue_limit=100, **kw) -> WebhookCore:
+    return WebhookCore(hook(**kw), restored, 0.0, lambda: next(ids), lambda: 0.5, queue_limit)
+
+
+def d(seq: int, **kw) -> Delivery:
+    return Delivery(seq, Payload(f"e{seq}", "T", "{}"), **kw)
+
+
+def sent(effects) -> list[tuple[int, int]]:
+    return [(e.attempt.seq, e.attempt.number) for e in effects if isinstance(e, Send)]
+
+
+def records(effects, kind):
+    return [e.message for e in effects if isinstance(e, Record) and isinstance(e.message, kind)]
+
+
+def res(seq, number=1, ok=False, status=500, **kw) -> AttemptResult:
+    return AttemptResult(
+        "w",
+        seq,
+        number,
+        ok,
+        status,
+        None if ok else f"HTTP {status}",
+        kw.get("retry_after"),
+        0.002,
+        "",
+        0.0,
+    )
+
+
+def test_enqueued_deliveries_go_out_up_to_max_in_flight():
+    c = core(max_in_flight=2)
+    assert sent(c.enqueue((d(1), d(2), d(3)), 0.0)) == [(1, 1), (2, 1)]
+    effects = c.result(res(1, ok=True, status=200), 0.1)
+    assert sent(effects) == [(3, 1)]
+    assert records(effects, Outcome)[0].state == "done"
+    assert c.snapshot()["delivered"] == 1
+
+
+def test_failed_attempt_is_retried_later_with_the_next_number():
+    c = core()
+    c.enqueue((d(1),), 0.0)
+    effects = c.result(res(1), 100.0)
+    assert WakeAt(110.0) in effects
+    assert records(effects, Outcome)[0].next_at == 110.0
+    assert c.state.state == "failing"
+    assert sent(c.tick(105.0)) == []
+    assert sent(c.tick(110.0)) == [(1, 2)]
+
+
+def test_exhausted_delivery_disables_webhook_and_holds_new_events():
+    c = core()
+    c.enqueue((d(1),), 0.0)
+    now = 0.0
+    for n in range(1, 5):
+        c.result(res(1, n), now)
+        now += 100
+        assert sent(c.tick(now)) == [(1, n + 1)]
+    effects = c.result(res(1, 5), now)
+    assert records(effects, Outcome)[0].state == "exhausted"
+    assert c.state.state == "disabled" and c.snapshot()["health"] == "UNHEALTHY"
+    assert c.snapshot()["failed"] == 1
+    assert sent(c.enqueue((d(2), d(3)), now)) == []
+    assert c.snapshot()["queued"] == 2
+
+
+def test_gone_disables_at_once():
+    c = core()
+    c.enqueue((d(1),), 0.0)
+    c.result(res(1, status=410), 0.0)
+    assert c.state.state == "disabled" and c.state.disabled_reason == "gone"
+
+
+def test_health_check_passing_enables_and_revives_oldest_first():
+    c = core()
+    c.enqueue((d(1),), 0.0)
+    c.result(res(1, status=410), 0.0)
+    c.enqueue((d(2),), 0.0)
+    answers = []
+    effects = c.enable(1.0, answers.append)
+    (probe,) = [e.attempt for e in effects if isinstance(e, Send)]
+    assert probe.seq == 0 and probe.payload.type == "WEBHOOK_HEALTH_CHECK"
+    effects = c.result(res(0, ok=True, status=200), 2.0)
+    assert sent(effects) == []  # the held d(2) must not overtake the older d(1)
+    assert answers == [
+        {"webhook": "w", "ok": True, "state": "active", "detail": "health check passed"}
+    ]
+    (load,) = [e for e in effects if isinstance(e, Load)]
+    assert isinstance(load.revive, Revive)
+    # The journal answers with the revived delivery; the queue reloads oldest first.
+    effects = c.revived(load.generation, Loaded("w", (d(1),), 0, None), 3.0)
+    (reload,) = [e for e in effects if isinstance(e, Load)]
+    assert reload.after_seq == 0
+    effects = c.loaded(reload.generation, Loaded("w", (d(1), d(2)), 0, reload.limit), 3.0)
+    assert sent(effects) == [(1, 1), (2, 1)]
+
+
+def test_failed_health_check_keeps_the_webhook_disabled():
+    c = core()
+    c.disable()
+    answers = []
+    c.enable(0.0, answers.append)
+    c.result(res(0, status=500), 1.0)
+    assert c.state.state == "disabled"
+    assert answers[0]["ok"] is False and "HTTP 500" in answers[0]["detail"]
+
+
+def test_enable_on_an_active_webhook_answers_at_once():
+    answers = []
+    assert core().enable(0.0, answers.append) == []
+    assert answers[0]["ok"] is True
+
+
+def test_ordered_webhook_sends_one_at_a_time_and_retries_the_head_first():
+    c = core(ordered=True, max_in_flight=4)
+    assert sent(c.enqueue((d(1), d(2)), 0.0)) == [(1, 1)]
+    effects = c.result(res(1), 0.0)
+    assert sent(effects) == []  # d(2) waits behind the failed head
+    assert sent(c.tick(10.0)) == [(1, 2)]
+    assert sent(c.result(res(1, 2, ok=True, status=200), 10.0)) == [(2, 1)]
+
+
+def test_unordered_webhook_goes_on_while_one_delivery_waits_for_its_retry():
+    c = core(max_in_flight=1)
+    c.enqueue((d(1), d(2)), 0.0)
+    assert sent(c.result(res(1), 0.0)) == [(2, 1)]
+
+
+def drive(c: WebhookCore, journal: list[Delivery], effects) -> list[int]:
+    """Complete every attempt with a 2xx, answering loads from ``journal``; the send order."""
+    order = []
+    while True:
+        for e in effects:
+            if isinstance(e, Load):
+                rows = [x for x in journal if x.seq > e.after_seq][: e.limit]
+                effects = c.loaded(e.generation, Loaded("w", tuple(rows), e.after_seq, e.limit), 0)
+                break
+        else:
+            if not c.in_flight:
+                return order
+            seq = min(c.in_flight)
+            order.append(seq)
+            journal[:] = [x for x in journal if x.seq != seq]
+            effects = c.result(res(seq, ok=True, status=200), 0.0)
+
+
+def test_queue_spills_to_the_journal_beyond_its_limit_and_loads_back_in_order():
+    c = core(queue_limit=4, max_in_flight=1)
+    c.disable()
+    journal = [d(i) for i in range(1, 12)]
+    c.enqueue(tuple(journal), 0.0)
+    assert len(c.ready) == 4 and c.spilled and c.snapshot()["queued"] == 11
+    c.state = WebhookState()  # enabled again, without the health-check ceremony
+    assert drive(c, journal, c.pump(0.0)) == list(range(1, 12))
+    assert not c.spilled and c.snapshot()["queued"] == 0
+
+
+def test_events_arriving_while_spilled_are_not_lost():
+    c = core(queue_limit=2, max_in_flight=1)
+    journal = [d(i) for i in range(1, 6)]
+    effects = c.enqueue(tuple(journal), 0.0)
+    journal.append(d(6))
+    effects += c.enqueue((d(6),), 0.0)
+    assert drive(c, journal, effects) == list(range(1, 7))
+
+
+def test_a_load_from_before_a_resync_is_ignored():
+    c = core()
+    stale = c.generation
+    c.replay(None, False)
+    assert c.loaded(stale, Loaded("w", (d(1),), 0, 10), 0.0) == []
+
+
+def test_restored_retry_waits_for_its_due_time():
+    c = core(Restored(WebhookState(), (d(1, attempts=2, next_at=50.0),), 1))
+    assert sent(c.pump(10.0)) == []
+    assert sent(c.tick(50.0)) == [(1, 3)]
+
+
+def test_rate_limit_spaces_attempts():
+    c = core(rate_limit=RateLimit(1, 1.0), max_in_flight=10)
+    assert sent(c.enqueue((d(1), d(2)), 0.0)) == [(1, 1)]
+    assert sent(c.tick(0.5)) == []
+    assert sent(c.tick(1.0)) == [(2, 1)]
+
+
+def test_probe_interval_schedules_health_checks_for_a_disabled_webhook():
+    c = core(health=HealthConfig(probe_interval=60.0))
+    c.enqueue((d(1),), 0.0)
+    effects = c.result(res(1, status=410), 0.0)
+    assert WakeAt(60.0) in effects
+    assert sent(c.tick(60.0)) == [(0, 1)]
+
+
+def test_manual_disable_is_not_probed():
+    c = core(health=HealthConfig(probe_interval=60.0))
+    c.disable()
+    assert sent(c.tick(1000.0)) == []
+
+
+def test_config_disabled_webhook_holds_and_is_enabled_by_reconfigure():
+    c = core(enabled=False)
+    assert c.state.state == "disabled"
+    assert sent(c.enqueue((d(1),), 0.0)) == []
+    effects = c.reconfigure(hook(), 0.0)
+    assert records(effects, SaveState)[0].state.state == "active"
+    assert sent(effects) == [(1, 1)]
+
+
+def test_spill_load_asks_for_pending_after_the_highest_seq_in_memory():
+    c = core(Restored(WebhookState(), (d(1), d(2)), 5), queue_limit=4, max_in_flight=1)
+    (load,) = [e for e in c.pump(0.0) if isinstance(e, Load)] or [None]
+    assert load is None or (load.after_seq == 2 and load.revive is None)
+    assert isinstance(LoadPending("w", 2, 2, print), LoadPending)
+
+
+def test_snapshot_never_shows_credentials_or_query_of_the_url():
+    c = core(url="https://user:pw@example.com/hook?token=abc")
+    assert c.snapshot()["url"] == "https://example.com/hook"
