@@ -1,0 +1,517 @@
+"""The delivery pool: worker threads that sign and send one HTTP attempt each and report facts.
+
+The pool never decides about retries; it hands an ``AttemptResult`` to the
+supervisor's callback. All workers share one urllib3 ``PoolManager`` (keep-alive)
+and a second one whose connections refuse private addresses at connect time
+(SPEC §5). A watchdog thread cuts the socket of an attempt that outlives its
+deadline, so an endpoint dripping bytes cannot hold a worker for long.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import email.utils
+import hashlib
+import hmac
+import ipaddress
+import logging
+import queue
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, PoolManager, Timeout
+from urllib3 import exceptions as u3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.util.connection import allowed_gai_family
+
+from router import __version__
+from router.clock import Clock
+from router.config import WebhookConfig
+from router.messages import Attempt, AttemptResult, Payload
+
+log = logging.getLogger(__name__)
+
+RESPONSE_CAP = 64 * 1024  # bytes of response body kept
+HARD_DEADLINE = 1.5  # the watchdog cuts an attempt at this multiple of its timeout
+WATCH_TICK = 0.05  # seconds between watchdog checks while attempts run
+NUM_POOLS = 256  # hosts whose keep-alive connections are cached
+
+Reply = Callable[[AttemptResult], None]
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def sign(
+    scheme: str,
+    secrets: tuple[bytes, ...],
+    msg_id: str,
+    timestamp: int,
+    body: bytes,
+    header: str = "X-Signature",
+) -> dict[str, str]:
+    """Return the signature headers of one attempt.
+
+    ``standard`` signs with every secret (newest first) so receivers keep verifying
+    during a rotation. ``hmac-sha256-hex`` has room for one value and uses only the
+    newest secret. No secrets, or ``none``, means no signature header.
+    """
+    if scheme == "none" or not secrets:
+        return {}
+    if scheme == "standard":
+        signed = f"{msg_id}.{timestamp}.".encode() + body
+        sigs = (hmac.new(key, signed, hashlib.sha256).digest() for key in secrets)
+        return {"webhook-signature": " ".join(f"v1,{base64.b64encode(s).decode()}" for s in sigs)}
+    if scheme == "hmac-sha256-hex":
+        return {header: hmac.new(secrets[0], body, hashlib.sha256).hexdigest()}
+    raise ValueError(f"unknown signature scheme {scheme!r}")
+
+
+def build_headers(
+    webhook: WebhookConfig, payload: Payload, attempt_number: int, timestamp: int, body: bytes
+) -> dict[str, str]:
+    """Return every header of one attempt.
+
+    Static ``webhook.headers`` may replace Content-Type or User-Agent but never the
+    ``webhook-*`` or signature headers the receiver relies on.
+    """
+    headers = {"Content-Type": "application/json", "User-Agent": f"webhook-router/{__version__}"}
+    protocol = {
+        "webhook-id": payload.id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-attempt": str(attempt_number),
+        **sign(
+            webhook.signature,
+            webhook.secrets,
+            payload.id,
+            timestamp,
+            body,
+            webhook.signature_header,
+        ),
+    }
+    reserved = {name.lower() for name in protocol}
+    for name, value in webhook.headers:
+        if name.lower() not in reserved:
+            for old in [h for h in headers if h.lower() == name.lower()]:
+                del headers[old]
+            headers[name] = value
+    headers.update(protocol)
+    return headers
+
+
+# --------------------------------------------------------------------------- private networks
+
+
+def is_blocked(ip: str) -> bool:
+    """Whether ``ip`` is an address a webhook without ``allow_private_networks`` may not reach.
+
+    Loopback, private, link-local, unspecified, reserved, multicast and other
+    non-global ranges (such as 100.64.0.0/10) are blocked, also when written as
+    IPv4-mapped IPv6. Anything that does not parse is blocked: fail closed.
+    """
+    try:
+        addr = ipaddress.ip_address(ip.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return True
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return (
+        addr.is_loopback
+        or addr.is_private
+        or addr.is_link_local
+        or addr.is_unspecified
+        or addr.is_reserved
+        or addr.is_multicast
+        or not addr.is_global
+    )
+
+
+class BlockedAddressError(u3.NewConnectionError):
+    """The host resolved only to addresses ``is_blocked`` refuses."""
+
+    def __init__(self, conn: HTTPConnection, ip: str):
+        self.ip = ip
+        super().__init__(conn, f"blocked address {ip}")
+
+
+# --------------------------------------------------------------------------- connections
+
+_current = threading.local()  # the running attempt's watchdog slot, per worker thread
+
+
+class _Watched:
+    """Tell the watchdog which connection the current attempt uses (new or reused)."""
+
+    def connect(self) -> None:
+        _attach(self)
+        super().connect()  # type: ignore[misc]
+
+    def request(self, *args, **kwargs) -> None:
+        _attach(self)
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _Guarded:
+    """Resolve once, refuse blocked addresses, connect to one that passed.
+
+    Connecting to the very address that was checked (no second lookup) is what
+    stops DNS rebinding. TLS still uses the host name for SNI and verification.
+    """
+
+    def _new_conn(self) -> socket.socket:
+        host = self.host.strip("[]")
+        try:
+            infos = socket.getaddrinfo(host, self.port, allowed_gai_family(), socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise u3.NameResolutionError(self.host, self, exc) from exc
+        blocked, error = None, None
+        for family, kind, proto, _, address in infos:
+            if is_blocked(address[0]):
+                blocked = blocked or address[0]
+                continue
+            sock = socket.socket(family, kind, proto)
+            try:
+                for option in self.socket_options or ():
+                    sock.setsockopt(*option)
+                if isinstance(self.timeout, int | float):
+                    sock.settimeout(self.timeout)
+                sock.connect(address)
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+        if error is None:
+            raise BlockedAddressError(self, blocked or host)
+        if isinstance(error, TimeoutError):
+            raise u3.ConnectTimeoutError(self, f"connect timeout ({self.timeout})") from error
+        raise u3.NewConnectionError(
+            self, f"Failed to establish a new connection: {error}"
+        ) from error
+
+
+class _HTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Watched, HTTPSConnection):
+    pass
+
+
+class _GuardedHTTPConnection(_Guarded, _Watched, HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_Guarded, _Watched, HTTPSConnection):
+    pass
+
+
+def _pool_manager(maxsize: int, http: type, https: type) -> PoolManager:
+    """A PoolManager whose pools build connections of the given classes."""
+    manager = PoolManager(num_pools=NUM_POOLS, maxsize=maxsize, block=False)
+    manager.pool_classes_by_scheme = {
+        "http": type("HTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
+        "https": type("HTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": https}),
+    }
+    return manager
+
+
+# --------------------------------------------------------------------------- watchdog
+
+
+@dataclass(slots=True)
+class _Slot:
+    deadline: float
+    conn: HTTPConnection | None = None
+    fired: bool = False
+
+
+def _attach(conn: HTTPConnection) -> None:
+    slot = getattr(_current, "slot", None)
+    if slot is not None:
+        slot.conn = conn
+
+
+class _Watchdog:
+    """Shut down the socket of any attempt still running after its hard deadline.
+
+    Socket timeouts bound each read, not the whole response: a server dripping one
+    header byte at a time would otherwise hold a worker indefinitely.
+    """
+
+    def __init__(self, clock: Clock):
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._slots: dict[int, _Slot] = {}
+        self._stopped = False
+        # A daemon: it has nothing to finish and must never hold up the process exit.
+        self._thread = threading.Thread(target=self._run, name="delivery-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def begin(self, deadline: float) -> None:
+        slot = _current.slot = _Slot(deadline)
+        with self._cond:
+            self._slots[threading.get_ident()] = slot
+            if len(self._slots) == 1:  # the watchdog sleeps without a timeout only when idle
+                self._cond.notify()
+
+    def fired(self) -> bool:
+        """Whether the current attempt has been cut already."""
+        return _current.slot.fired
+
+    def end(self) -> bool:
+        """Forget the current attempt; True if the watchdog had cut it."""
+        _current.slot = None
+        with self._cond:
+            return self._slots.pop(threading.get_ident()).fired
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                now = self._clock.monotonic()
+                for slot in self._slots.values():
+                    if not slot.fired and slot.deadline <= now:
+                        slot.fired = True
+                        _cut(slot.conn)
+                self._cond.wait(WATCH_TICK if self._slots else None)
+
+
+def _cut(conn: HTTPConnection | None) -> None:
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        # The plain socket method: SSLSocket.shutdown would drop TLS state under a reader.
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+class DeliveryPool:
+    """A bounded set of worker threads sending attempts; results go to each job's callback."""
+
+    def __init__(self, workers: int = 64, clock: Clock | None = None):
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self._clock = clock or Clock()
+        self._queue: queue.SimpleQueue[tuple[Attempt, Reply] | None] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._watchdog = _Watchdog(self._clock)
+        self._http = _pool_manager(workers, _HTTPConnection, _HTTPSConnection)
+        self._guarded = _pool_manager(workers, _GuardedHTTPConnection, _GuardedHTTPSConnection)
+        self._threads = [
+            threading.Thread(target=self._work, name=f"delivery-{n}", daemon=False)
+            for n in range(1, workers + 1)
+        ]
+
+    def start(self) -> None:
+        self._watchdog.start()
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, attempt: Attempt, reply: Reply) -> None:
+        """Queue one attempt; ``reply(result)`` is called later from a worker thread."""
+        if self._stopping.is_set():
+            log.debug(
+                "pool stopping: %s event %s not sent", attempt.webhook.name, attempt.payload.id
+            )
+            return
+        self._queue.put((attempt, reply))
+
+    def stop(self, timeout: float) -> None:
+        """Let running attempts finish for up to ``timeout`` seconds; drop queued ones.
+
+        Dropped attempts get no reply: their deliveries stay pending in the journal
+        and go out on the next start.
+        """
+        self._stopping.set()
+        dropped = 0
+        with contextlib.suppress(queue.Empty):
+            while True:
+                dropped += self._queue.get_nowait() is not None
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread.ident is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        busy = sum(thread.is_alive() for thread in self._threads)
+        if busy:
+            log.warning("delivery pool stopped with %d attempts still running", busy)
+        else:
+            self._watchdog.stop()
+        self._http.clear()
+        self._guarded.clear()
+        log.info("delivery pool stopped (%d queued attempts left for the next start)", dropped)
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if self._stopping.is_set():
+                continue  # queued, never started: the journal keeps it pending
+            attempt, reply = job
+            try:
+                result = self._send(attempt)
+            except Exception:
+                log.exception(
+                    "%s: event %s: attempt crashed", attempt.webhook.name, attempt.payload.id
+                )
+                result = _result(attempt, self._clock.time(), 0.0, error="internal error")
+            try:
+                reply(result)
+            except Exception:
+                log.exception(
+                    "%s: event %s: reply callback failed", result.webhook, attempt.payload.id
+                )
+
+    def _send(self, attempt: Attempt) -> AttemptResult:
+        """One POST: sign, send, read at most 64 KiB, describe what happened."""
+        webhook, payload = attempt.webhook, attempt.payload
+        started_at = self._clock.time()
+        body = payload.for_webhook(webhook.name)
+        headers = build_headers(webhook, payload, attempt.number, int(started_at), body)
+        manager = self._http if webhook.allow_private_networks else self._guarded
+        timeout = Timeout(connect=webhook.timeout, read=webhook.timeout)
+        start = self._clock.monotonic()
+        response, data, complete, failure = None, b"", False, None
+        self._watchdog.begin(start + webhook.timeout * HARD_DEADLINE)
+        try:
+            response = manager.urlopen(
+                "POST", webhook.url, body=body, headers=headers, timeout=timeout,
+                retries=False, redirect=False, preload_content=False,
+            )  # fmt: skip
+            if self._watchdog.fired():
+                raise _TooSlow  # the headers were cut short: not an answer
+            data, complete = self._read(response, start + webhook.timeout)
+        except Exception as exc:
+            failure = exc
+        finally:
+            cut = self._watchdog.end()
+        if response is not None:
+            if not complete or cut:  # never hand a half-read connection to the next attempt
+                response.close()
+            response.release_conn()
+        result = partial(_result, attempt, started_at, self._clock.monotonic() - start)
+        if failure is not None:
+            return result(error="response too slow" if cut else _describe(failure))
+        status = response.status
+        if 200 <= status < 300:
+            return result(status=status, response=data[:RESPONSE_CAP], ok=True)
+        retry_after = None
+        if status in (429, 503):
+            retry_after = _retry_after(response.headers.get("Retry-After"), self._clock.time())
+        error = (
+            f"redirect not followed (HTTP {status})" if 300 <= status < 400 else f"HTTP {status}"
+        )
+        return result(
+            status=status, response=data[:RESPONSE_CAP], error=error, retry_after=retry_after
+        )
+
+    def _read(self, response, deadline: float) -> tuple[bytes, bool]:
+        """Read up to the cap plus one byte; complete means the body ended within the deadline.
+
+        ``read1`` returns what one socket read brings, so the deadline is checked
+        between chunks even when the server drips.
+        """
+        chunks, size = [], 0
+        try:
+            while size <= RESPONSE_CAP:
+                if self._clock.monotonic() > deadline:
+                    return b"".join(chunks), False
+                chunk = response.read1(RESPONSE_CAP + 1 - size)
+                if not chunk:
+                    return b"".join(chunks), True
+                chunks.append(chunk)
+                size += len(chunk)
+        except (u3.HTTPError, OSError) as exc:
+            log.debug("response body cut short: %s", _describe(exc))
+        return b"".join(chunks), False
+
+
+class _TooSlow(Exception):
+    """The watchdog cut the attempt before a complete response came."""
+
+
+def _result(
+    attempt: Attempt,
+    started_at: float,
+    latency: float,
+    *,
+    ok: bool = False,
+    status: int | None = None,
+    error: str | None = None,
+    retry_after: float | None = None,
+    response: bytes = b"",
+) -> AttemptResult:
+    """Build the result; log a failure, one line, without secrets or headers."""
+    if not ok:
+        log.info(
+            "%s: event %s attempt %d failed: %s",
+            attempt.webhook.name, attempt.payload.id, attempt.number, error,
+        )  # fmt: skip
+    return AttemptResult(
+        webhook=attempt.webhook.name, seq=attempt.seq, number=attempt.number, ok=ok,
+        status=status, error=error, retry_after=retry_after, latency=latency,
+        response=response.decode("utf-8", errors="replace"), started_at=started_at,
+    )  # fmt: skip
+
+
+def _describe(exc: BaseException | None) -> str:
+    """A short reason without the URL (it may carry a token) or the headers."""
+    if isinstance(exc, BlockedAddressError):
+        return f"blocked address {exc.ip}"
+    if isinstance(exc, u3.NameResolutionError):
+        return f"connection error: cannot resolve {exc.conn.host}"
+    if isinstance(exc, u3.NewConnectionError):
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        return f"connection error: {_reason(cause or exc)}"
+    if isinstance(exc, u3.TimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(exc, u3.SSLError):
+        inner = exc.args[0] if exc.args else exc
+        if isinstance(inner, ssl.SSLCertVerificationError):
+            return f"TLS error: certificate verify failed: {inner.verify_message}"
+        return f"TLS error: {getattr(inner, 'reason', None) or inner}"
+    if isinstance(exc, u3.ProtocolError):
+        return f"connection error: {_reason(exc.args[-1] if exc.args else exc)}"
+    if isinstance(exc, u3.LocationValueError):
+        return "invalid URL"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError):
+        return f"connection error: {_reason(exc)}"
+    if isinstance(exc, u3.HTTPError):  # its text may hold the URL
+        return f"connection error: {type(exc).__name__}"
+    return f"internal error: {type(exc).__name__}"
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from ``Retry-After`` (delay-seconds or an HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, IndexError):
+            return None
+    return max(0.0, seconds) if seconds == seconds else None  # NaN is no answer

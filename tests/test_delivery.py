@@ -1,0 +1,511 @@
+"""The delivery pool against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hmac
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from standardwebhooks.webhooks import Webhook
+
+import router.delivery
+from router import __version__
+from router.config import WebhookConfig
+from router.delivery import DeliveryPool, build_headers, is_blocked, sign
+from router.messages import Attempt, AttemptResult, Payload
+
+KEY = b"0123456789abcdef0123456789abcdef"
+OLD_KEY = b"fedcba9876543210fedcba9876543210"
+PAYLOAD = Payload(
+    id="evt_01",
+    type="TODO_CREATED",
+    body='{"id":"evt_01","type":"TODO_CREATED","timestamp":"2026-11-27T16:38:33.123Z",'
+    '"company":"acme","data":{"title":"caf\u00e9"}',
+)
+
+
+def whsec(key: bytes) -> str:
+    return "whsec_" + base64.b64encode(key).decode()
+
+
+# --------------------------------------------------------------------------- the server
+
+
+@dataclass
+class Behaviour:
+    """What the server does with the next requests; tests replace it."""
+
+    status: int = 200
+    body: bytes = b"thanks"
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # before answering
+    drip: float | None = None  # seconds between single body bytes
+    drip_headers: bool = False  # send the status line, then header bytes one by one
+    chunked: bool = False  # Transfer-Encoding: chunked instead of Content-Length
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server.connections += 1
+
+    def do_POST(self) -> None:
+        server = self.server
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with server.lock:
+            server.received.append(Received(self.path, dict(self.headers.items()), body))
+        b = server.behaviour
+        try:
+            if b.delay:
+                server.stopping.wait(b.delay)
+            if b.drip_headers:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+                while not server.stopping.wait(0.02):
+                    self.wfile.write(b"x")
+            self.send_response(b.status)
+            for name, value in b.headers.items():
+                self.send_header(name, value)
+            if b.chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for part in (b.body[:3], b.body[3:]):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.write(b"0\r\n\r\n")
+                return
+            self.send_header("Content-Length", str(len(b.body)))
+            self.end_headers()
+            if b.drip is None:
+                self.wfile.write(b.body)
+            else:
+                for i in range(len(b.body)):
+                    if server.stopping.wait(b.drip):
+                        break
+                    self.wfile.write(b.body[i : i + 1])
+        except OSError:  # the client hung up, as it should on a hostile answer
+            self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def serve(context: ssl.SSLContext | None = None):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.lock = threading.Lock()
+    server.connections = 0
+    server.received = []
+    server.behaviour = Behaviour()
+    server.stopping = threading.Event()
+    server.sni = []
+    if context is not None:
+        context.sni_callback = lambda sock, name, ctx: server.sni.append(name)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stopping.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def server():
+    with serve() as s:
+        yield s
+
+
+@pytest.fixture
+def pool():
+    p = DeliveryPool(workers=4)
+    p.start()
+    yield p
+    p.stop(5)
+
+
+def hook(url: str, **overrides) -> WebhookConfig:
+    settings_ = {
+        "name": "crm-sync",
+        "url": url,
+        "secrets": (KEY,),
+        "timeout": 2.0,
+        "allow_private_networks": True,
+    }
+    settings_.update(overrides)
+    return WebhookConfig(**settings_)
+
+
+def deliver(
+    pool: DeliveryPool, webhook: WebhookConfig, number: int = 1, wait: float = 10.0
+) -> AttemptResult:
+    """Submit one attempt and wait (with a deadline) for its result."""
+    results: list[AttemptResult] = []
+    done = threading.Event()
+
+    def reply(result: AttemptResult) -> None:
+        results.append(result)
+        done.set()
+
+    pool.submit(Attempt(webhook=webhook, seq=7, payload=PAYLOAD, number=number), reply)
+    assert done.wait(wait), "no result before the deadline"
+    return results[0]
+
+
+def wait_for(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        time.sleep(0.01)
+
+
+# --------------------------------------------------------------------------- signatures and body
+
+
+def test_standard_signature_verifies_with_the_standard_webhooks_library(server, pool):
+    result = deliver(pool, hook(f"http://127.0.0.1:{server.port}/hook"))
+    assert result.ok
+    [request] = server.received
+    assert Webhook(whsec(KEY)).verify(request.body, request.headers)["webhook"] == "crm-sync"
+
+
+def test_rotation_sends_one_signature_per_secret_and_each_verifies(server, pool):
+    deliver(pool, hook(f"http://127.0.0.1:{server.port}/", secrets=(KEY, OLD_KEY)))
+    [request] = server.received
+    assert len(request.headers["webhook-signature"].split(" ")) == 2
+    for key in (KEY, OLD_KEY):
+        Webhook(whsec(key)).verify(request.body, request.headers)
+
+
+def test_hex_signature_goes_in_the_configured_header_with_the_newest_secret(server, pool):
+    webhook = hook(
+        f"http://127.0.0.1:{server.port}/",
+        secrets=(KEY, OLD_KEY),
+        signature="hmac-sha256-hex",
+        signature_header="X-Blue-Signature",
+    )
+    deliver(pool, webhook)
+    [request] = server.received
+    assert request.headers["X-Blue-Signature"] == hmac.new(KEY, request.body, "sha256").hexdigest()
+    assert "webhook-signature" not in request.headers
+
+
+def test_hex_signature_header_defaults_to_x_signature():
+    headers = sign("hmac-sha256-hex", (KEY,), "evt_01", 1, b"{}")
+    assert headers == {"X-Signature": hmac.new(KEY, b"{}", "sha256").hexdigest()}
+
+
+def test_none_signature_sends_no_signature_but_the_webhook_headers(server, pool):
+    deliver(pool, hook(f"http://127.0.0.1:{server.port}/", signature="none"))
+    [request] = server.received
+    assert "webhook-signature" not in request.headers
+    assert "X-Signature" not in request.headers
+    assert request.headers["webhook-id"] == "evt_01"
+
+
+@settings(max_examples=50, deadline=None)
+@given(msg_id=st.text(min_size=1), body=st.text(), key=st.binary(min_size=1, max_size=64))
+def test_standard_signature_matches_the_reference_implementation(msg_id, body, key):
+    timestamp = 1_790_000_000
+    ours = sign("standard", (key,), msg_id, timestamp, body.encode())["webhook-signature"]
+    reference = Webhook(key).sign(msg_id, datetime.fromtimestamp(timestamp, UTC), body)
+    assert ours == reference
+
+
+def test_body_is_the_exact_payload_json_and_every_header_is_sent(server, pool):
+    webhook = hook(f"http://127.0.0.1:{server.port}/in", headers=(("X-Tenant", "acme"),))
+    before = int(time.time())
+    deliver(pool, webhook, number=3)
+    [request] = server.received
+    assert request.path == "/in"
+    assert request.body == PAYLOAD.for_webhook("crm-sync")
+    assert json.loads(request.body)["data"] == {"title": "caf\u00e9"}
+    h = request.headers
+    assert h["Content-Type"] == "application/json"
+    assert h["User-Agent"] == f"webhook-router/{__version__}"
+    assert h["webhook-id"] == "evt_01"
+    assert before <= int(h["webhook-timestamp"]) <= int(time.time())
+    assert h["webhook-attempt"] == "3"
+    assert h["X-Tenant"] == "acme"
+
+
+def test_static_headers_cannot_replace_protocol_headers_but_may_replace_user_agent():
+    webhook = hook(
+        "http://example.com/",
+        headers=(("Webhook-Signature", "forged"), ("webhook-id", "x"), ("user-agent", "mine/1")),
+    )
+    headers = build_headers(webhook, PAYLOAD, 1, 1_790_000_000, b"{}")
+    assert headers["webhook-signature"].startswith("v1,")
+    assert headers["webhook-id"] == "evt_01"
+    assert "forged" not in headers.values()
+    assert headers["user-agent"] == "mine/1"
+    assert "User-Agent" not in headers
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+def test_2xx_is_ok_with_status_latency_and_response(server, pool):
+    server.behaviour = Behaviour(status=202, body=b"queued")
+    before = time.time()
+    result = deliver(pool, hook(f"http://127.0.0.1:{server.port}/"))
+    assert (result.ok, result.status, result.error, result.response) == (True, 202, None, "queued")
+    assert (result.webhook, result.seq, result.number) == ("crm-sync", 7, 1)
+    assert 0 < result.latency < 2
+    assert before - 1 <= result.started_at <= time.time()
+
+
+@pytest.mark.parametrize("status", [500, 404, 410])
+def test_error_status_fails_with_the_status(server, pool, status):
+    server.behaviour = Behaviour(status=status, body=b"nope")
+    result = deliver(pool, hook(f"http://127.0.0.1:{server.port}/"))
+    assert not result.ok
+    assert (result.status, result.error, result.response) == (status, f"HTTP {status}", "nope")
+
+
+def test_redirect_is_not_followed(server, pool):
+    server.behaviour = Behaviour(status=302, headers={"Location": "/elsewhere"})
+    result = deliver(pool, hook(f"http://127.0.0.1:{server.port}/"))
+    assert not result.ok
+    assert (result.status, result.error) == (302, "redirect not followed (HTTP 302)")
+    assert [r.path for r in server.received] == ["/"]
+
+
+def test_server_slower_than_the_timeout_is_a_timeout_within_bounded_time(server, pool):
+    server.behaviour = Behaviour(delay=5.0)
+    started = time.monotonic()
+    result = deliver(pool, hook(f"http://127.0.0.1:{server.port}/", timeout=0.3))
+    assert (result.ok, result.status, result.error) == (False, None, "timeout")
+    assert time.monotonic() - started < 1.5
+
+
+def test_closed_port_is_connection_refused(pool):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = deliver(pool, hook(f"http://127.0.0.1:{port}/"))
+    assert (result.ok, result.status, result.error) == (False, None, "connection refused")
+
+
+@pytest.mark.parametrize(("status", "expected"), [(429, 120.0), (503, 120.0), (500, None)])
+def test_retry_after_seconds_count_on_429_and_503_only(server, pool, status, expected):
+    server.behaviour = Behaviour(status=status, headers={"Retry-After": "120"})
+    assert deliver(pool, hook(f"http://127.0.0.1:{server.port}/")).retry_after == expected
+
+
+def test_retry_after_http_date_becomes_seconds_from_now(server, pool):
+    date = email.utils.formatdate(time.time() + 30, usegmt=True)
+    server.behaviour = Behaviour(status=503, headers={"Retry-After": date})
+    retry_after = deliver(pool, hook(f"http://127.0.0.1:{server.port}/")).retry_after
+    assert 27 <= retry_after <= 31
+
+
+def test_unreadable_retry_after_is_ignored(server, pool):
+    server.behaviour = Behaviour(status=429, headers={"Retry-After": "soon"})
+    assert deliver(pool, hook(f"http://127.0.0.1:{server.port}/")).retry_after is None
+
+
+def test_response_is_cut_at_64_kib_and_its_connection_is_not_reused(server, pool):
+    server.behaviour = Behaviour(body=b"a" * (1024 * 1024))
+    webhook = hook(f"http://127.0.0.1:{server.port}/")
+    started = time.monotonic()
+    result = deliver(pool, webhook)
+    assert result.ok
+    assert len(result.response) == 65536
+    assert time.monotonic() - started < 1.5
+    server.behaviour = Behaviour()
+    deliver(pool, webhook)
+    assert server.connections == 2
+
+
+def test_attempts_to_one_server_reuse_one_connection(server, pool):
+    webhook = hook(f"http://127.0.0.1:{server.port}/")
+    assert deliver(pool, webhook).ok
+    assert deliver(pool, webhook).ok
+    assert len(server.received) == 2
+    assert server.connections == 1
+
+
+def test_chunked_response_is_read_whole_and_its_connection_reused(server, pool):
+    server.behaviour = Behaviour(body=b"accepted", chunked=True)
+    webhook = hook(f"http://127.0.0.1:{server.port}/")
+    assert deliver(pool, webhook).response == "accepted"
+    assert deliver(pool, webhook).response == "accepted"
+    assert server.connections == 1
+
+
+def test_dripping_headers_are_cut_within_twice_the_timeout(server, pool):
+    server.behaviour = Behaviour(drip_headers=True)
+    started = time.monotonic()
+    result = deliver(pool, hook(f"http://127.0.0.1:{server.port}/", timeout=0.5))
+    assert (result.ok, result.status, result.error) == (False, None, "response too slow")
+    assert time.monotonic() - started < 1.0  # twice the timeout
+
+
+def test_dripping_body_ends_the_attempt_near_the_timeout_keeping_the_status(server, pool):
+    server.behaviour = Behaviour(body=b"b" * 1000, drip=0.01)
+    started = time.monotonic()
+    result = deliver(pool, hook(f"http://127.0.0.1:{server.port}/", timeout=0.4))
+    assert (result.ok, result.status) == (True, 200)
+    assert 0 < len(result.response) < 1000
+    assert time.monotonic() - started < 0.8
+
+
+# --------------------------------------------------------------------------- private networks
+
+
+@pytest.mark.parametrize(
+    "ip",
+    ["127.0.0.1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "0.0.0.0",
+     "100.64.0.1", "224.0.0.1", "240.0.0.1", "::1", "::", "fe80::1%eth0", "fc00::1",
+     "::ffff:127.0.0.1", "::ffff:10.1.2.3", "ff02::1", "not-an-ip"],
+)  # fmt: skip
+def test_private_and_special_addresses_are_blocked(ip):
+    assert is_blocked(ip)
+
+
+@pytest.mark.parametrize("ip", ["8.8.8.8", "93.184.216.34", "2606:4700:4700::1111"])
+def test_public_addresses_are_not_blocked(ip):
+    assert not is_blocked(ip)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_private_address_is_refused_without_allow_private_networks(server, pool, host):
+    webhook = hook(f"http://{host}:{server.port}/", allow_private_networks=False)
+    result = deliver(pool, webhook)
+    assert not result.ok
+    assert result.error.startswith("blocked address ")
+    assert server.connections == 0
+
+
+def test_private_address_is_reached_with_allow_private_networks(server, pool):
+    assert deliver(pool, hook(f"http://127.0.0.1:{server.port}/")).ok
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    """A self-signed certificate for the name ``localhost`` only."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext",
+         "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return cert, context
+
+
+def test_guarded_https_verifies_the_host_name_and_sends_sni(certificate, pool, monkeypatch):
+    cert, context = certificate
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    monkeypatch.setattr(router.delivery, "is_blocked", lambda ip: False)
+    with serve(context) as tls:
+        by_name = deliver(
+            pool, hook(f"https://localhost:{tls.port}/", allow_private_networks=False)
+        )
+        ip = deliver(pool, hook(f"https://127.0.0.1:{tls.port}/", allow_private_networks=False))
+    assert by_name.ok, by_name.error
+    assert tls.sni[0] == "localhost"  # the IP-address attempt sends no SNI
+    assert not ip.ok
+    assert ip.error.startswith("TLS error: ")
+
+
+def test_untrusted_certificate_is_a_tls_error(certificate, pool):
+    with serve(certificate[1]) as tls:
+        result = deliver(pool, hook(f"https://localhost:{tls.port}/"))
+    assert not result.ok
+    assert result.error.startswith("TLS error: ")
+    assert "certificate verify failed" in result.error
+
+
+# --------------------------------------------------------------------------- the pool itself
+
+
+def test_reply_callback_that_raises_does_not_kill_the_pool(server):
+    pool = DeliveryPool(workers=1)
+    pool.start()
+    try:
+        webhook = hook(f"http://127.0.0.1:{server.port}/")
+
+        def explode(result: AttemptResult) -> None:
+            raise RuntimeError("callback bug")
+
+        pool.submit(Attempt(webhook=webhook, seq=1, payload=PAYLOAD, number=1), explode)
+        assert deliver(pool, webhook).ok
+        assert len(server.received) == 2
+    finally:
+        pool.stop(5)
+
+
+def test_stop_finishes_running_attempts_and_drops_queued_ones(server):
+    pool = DeliveryPool(workers=1)
+    pool.start()
+    server.behaviour = Behaviour(delay=0.3)
+    webhook = hook(f"http://127.0.0.1:{server.port}/")
+    results: list[AttemptResult] = []
+    for seq in (1, 2, 3):
+        pool.submit(Attempt(webhook=webhook, seq=seq, payload=PAYLOAD, number=1), results.append)
+    wait_for(lambda: len(server.received) == 1)
+    pool.stop(5)
+    assert [r.seq for r in results] == [1]
+    assert results[0].ok
+    assert len(server.received) == 1
+    pool.submit(Attempt(webhook=webhook, seq=4, payload=PAYLOAD, number=1), results.append)
+    assert len(results) == 1
+
+
+def test_workers_are_named_non_daemon_threads():
+    pool = DeliveryPool(workers=2)
+    pool.start()
+    try:
+        names = {t.name: t.daemon for t in threading.enumerate() if t.name.startswith("delivery-")}
+        assert names["delivery-1"] is False
+        assert names["delivery-2"] is False
+    finally:
+        pool.stop(5)
+    assert not any(t.name in ("delivery-1", "delivery-2") for t in threading.enumerate())
+
+
+def test_secret_never_appears_in_logs(server, pool, caplog):
+    caplog.set_level("DEBUG")
+    server.behaviour = Behaviour(status=500)
+    deliver(pool, hook(f"http://127.0.0.1:{server.port}/"))
+    deliver(pool, hook(f"http://127.0.0.1:{server.port}/", allow_private_networks=False))
+    assert "crm-sync: event evt_01 attempt 1 failed: HTTP 500" in caplog.text
+    assert KEY.decode() not in caplog.text
+    assert base64.b64encode(KEY).decode() not in caplog.text
+    assert "webhook-signature" not in caplog.text.lower()
