@@ -1,0 +1,591 @@
+"""The journal: the one writer of the SQLite file that makes accepted events durable.
+
+A plain object with one writer thread and a ``queue.Queue`` inbox. The thread
+blocks for one message, drains whatever else is waiting and applies it all in
+ONE transaction (group commit), so throughput does not hinge on the number of
+fsyncs. ``synchronous=FULL`` in WAL mode: once ``on_commit`` fires, the events
+survive kill -9 and power loss.
+
+A failed transaction (disk full, I/O error) never kills the thread: every
+``Append`` in it is answered through ``on_error`` (the producer learns it was
+not journaled), and the other messages are kept and retried with a backoff.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from router import RouterError, metrics
+from router.clock import Clock
+from router.messages import (
+    CANCELLED,
+    DONE,
+    EXHAUSTED,
+    PENDING,
+    Append,
+    Cancel,
+    Committed,
+    Delivery,
+    Loaded,
+    LoadPending,
+    Outcome,
+    Payload,
+    Revive,
+    SaveState,
+    WebhookState,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+PURGE_INTERVAL = 60.0  # seconds between purges of expired events
+PURGE_CHUNK = 5000  # events per purge transaction, so a purge never stalls acks for long
+MAX_BATCH = 2000  # rows (events, other messages) per transaction: bounds latency under a flood
+MAX_BACKLOG = 100_000  # failed non-Append messages kept for retry; beyond, oldest Outcomes go
+RETRY_MIN, RETRY_MAX = 0.1, 5.0  # backoff for retrying a failed transaction's messages
+NO_PAGE_LIMIT = 0xFFFFFFFE  # SQLite's largest max_page_count
+
+_SCHEMA = """
+BEGIN;
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, type TEXT NOT NULL,
+    received_at REAL NOT NULL, body TEXT NOT NULL);
+CREATE INDEX events_received_at ON events (received_at);
+CREATE TABLE deliveries (
+    seq INTEGER NOT NULL, webhook TEXT NOT NULL, state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, next_at REAL,
+    PRIMARY KEY (seq, webhook)) WITHOUT ROWID;
+CREATE INDEX deliveries_by_state ON deliveries (state, webhook, seq);
+CREATE TABLE attempts (
+    id INTEGER PRIMARY KEY, webhook TEXT NOT NULL, seq INTEGER NOT NULL,
+    event_id TEXT NOT NULL, number INTEGER NOT NULL, at REAL NOT NULL, status INTEGER,
+    error TEXT, latency_ms REAL, response TEXT,
+    UNIQUE (seq, webhook, number, at));  -- also makes a repeated Outcome a no-op
+CREATE INDEX attempts_by_webhook ON attempts (webhook, at);
+CREATE INDEX attempts_at ON attempts (at);
+CREATE TABLE webhooks (
+    name TEXT PRIMARY KEY, state TEXT NOT NULL, disabled_reason TEXT,
+    consecutive_failures INTEGER NOT NULL, delivered INTEGER NOT NULL,
+    failed INTEGER NOT NULL, last_success REAL, last_error TEXT);
+PRAGMA user_version = 1;
+COMMIT;
+"""
+
+_PENDING_SQL = """
+SELECT d.seq, e.id, e.type, e.body, d.attempts, d.next_at
+FROM deliveries d JOIN events e ON e.seq = d.seq
+WHERE d.state = 'pending' AND d.webhook = ? AND d.seq > ?
+ORDER BY d.seq LIMIT ?
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What ``load`` hands one supervisor on start: its state and the head of its queue."""
+
+    state: WebhookState
+    pending: tuple[Delivery, ...]  # the first ``limit`` pending deliveries, oldest first
+    queued: int  # all pending deliveries (held ones included)
+    exhausted: int  # deliveries that used up their attempts
+
+
+@dataclass(frozen=True, slots=True)
+class _SetMaxPages:
+    """Test hook: cap the file size so inserts fail with SQLITE_FULL."""
+
+    pages: int
+
+
+@dataclass(slots=True)
+class _Results:
+    """What one transaction produced; acted upon only once it has committed."""
+
+    committed: list[Committed] = field(default_factory=list)
+    rejected: list[tuple[Append, str]] = field(default_factory=list)  # bad Appends
+    after: list[Callable[[], None]] = field(default_factory=list)  # replies, logs
+
+
+_STOP = object()
+
+
+def _storage_error(exc: BaseException) -> bool:
+    """True for failures of the file itself (full, I/O, locked), which doom the transaction.
+
+    Anything else (a bad value in one message) is that message's fault alone.
+    """
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
+class Journal:
+    """The SQLite journal under ``state_dir``; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str,
+        clock: Clock,
+        retention: float,
+        on_commit: Callable[[list[Committed]], None],
+        on_error: Callable[[Append, str], None],
+        *,
+        max_pages: int | None = None,
+    ):
+        self.path = os.path.abspath(path)
+        self._clock = clock
+        self._retention = retention
+        self._on_commit = on_commit
+        self._on_error = on_error
+        self._max_pages = max_pages
+        self._inbox: queue.Queue[Any] = queue.Queue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._stopping = False
+        self._conn: sqlite3.Connection = None  # type: ignore[assignment]  # open()
+        self._thread: threading.Thread | None = None
+        self._backlog: list[Any] = []  # non-Append messages of failed transactions
+        self._retry_at = 0.0
+        self._failures = 0  # consecutive failed transactions: one ERROR log per burst
+        self._next_purge = 0.0
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def open(self) -> None:
+        """Create the directory (0700), the file (0600) and the schema; open the writer."""
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as e:
+            raise RouterError(f"cannot open journal {self.path}: {e}") from e
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                log.warning("journal %s: WAL mode unavailable, using %s", self.path, mode)
+            conn.execute("PRAGMA synchronous = FULL")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                conn.executescript(_SCHEMA)
+            elif version > SCHEMA_VERSION:
+                raise RouterError(
+                    f"journal {self.path} has schema version {version}, newer than this "
+                    f"router understands ({SCHEMA_VERSION}); upgrade the router"
+                )
+            if self._max_pages is not None:
+                conn.execute(f"PRAGMA max_page_count = {int(self._max_pages)}")
+        except sqlite3.Error as e:
+            conn.close()
+            raise RouterError(f"cannot open journal {self.path}: {e}") from e
+        except RouterError:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def start(self) -> None:
+        """Start the writer thread. It is a daemon thread: abandoning it is a kill -9, no worse."""
+        if self._conn is None:
+            raise RouterError("journal.start() before open()")
+        self._next_purge = self._clock.monotonic() + PURGE_INTERVAL
+        self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
+        self._thread.start()
+
+    def submit(self, msg: Any) -> None:
+        """Queue one message for the writer (thread-safe, never blocks)."""
+        with self._lock:
+            if self._closed:
+                log.warning("journal is stopped; ignored %s", type(msg).__name__)
+                return
+            self._inbox.put(msg)
+
+    def stop(self, timeout: float = 10) -> None:
+        """Write everything already submitted, then close the file."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._inbox.put(_STOP)
+        if self._thread is None:
+            if self._conn is not None:
+                self._run()  # never started: drain the inbox here
+            return
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error(
+                "journal writer still busy after %.1fs; leaving it (SQLite stays safe)", timeout
+            )
+
+    def backlog(self) -> int:
+        """Messages submitted but not yet written: lets producers apply back-pressure."""
+        return self._inbox.qsize()
+
+    def set_max_pages(self, pages: int | None) -> None:
+        """Test hook: cap (or, with None, uncap) the file size to simulate a full disk."""
+        self.submit(_SetMaxPages(NO_PAGE_LIMIT if pages is None else pages))
+
+    def reader(self) -> sqlite3.Connection:
+        """A new read-only connection, for another thread (control socket, status)."""
+        uri = f"file:{urllib.parse.quote(self.path)}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        return conn
+
+    # ----------------------------------------------------------------- start-up
+
+    def load(self, webhooks: Iterable[str], limit: int) -> dict[str, Restored]:
+        """Read each webhook's state and queue head; cancel deliveries of removed webhooks.
+
+        Runs on the calling thread, before ``start()``.
+        """
+        if self._conn is None or self._thread is not None:
+            raise RouterError("journal.load() must run after open() and before start()")
+        conn, names = self._conn, list(dict.fromkeys(webhooks))
+        known = set(names)
+        try:
+            counts = unfinished(conn)
+            gone = {w: sum(c) for w, c in counts.items() if w not in known}
+            if gone:
+                conn.execute("BEGIN IMMEDIATE")
+                for webhook in gone:
+                    self._cancel(webhook)
+                conn.execute("COMMIT")
+            for webhook, n in gone.items():
+                log.warning(
+                    "webhook %r is no longer configured: %d deliveries cancelled", webhook, n
+                )
+                metrics.DELIVERIES.labels(webhook, "cancelled").inc(n)
+            states = {
+                row[0]: WebhookState(*row[1:])
+                for row in conn.execute("SELECT * FROM webhooks")
+                if row[0] in known
+            }
+            out = {}
+            for name in names:
+                queued, exhausted = counts.get(name, (0, 0))
+                pending = self._pending(name, 0, limit) if queued else ()
+                state = states.get(name, WebhookState())
+                out[name] = Restored(state, pending, queued, exhausted)
+            return out
+        except sqlite3.Error as e:
+            self._try("ROLLBACK")
+            raise RouterError(f"cannot read journal {self.path}: {e}") from e
+
+    # ----------------------------------------------------------------- writer thread
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                batch = self._collect()
+                due = self._backlog and self._clock.monotonic() >= self._retry_at
+                if batch or due:
+                    self._transact(batch)
+                if self._clock.monotonic() >= self._next_purge:
+                    self._purge()
+            except Exception:
+                log.exception("journal writer: unexpected error; carrying on")
+        try:
+            if self._backlog:
+                self._transact([])  # a last try for outcomes that failed earlier
+            if self._backlog:
+                log.error("journal stopped with %d unsaved outcomes/states", len(self._backlog))
+        finally:
+            self._conn.close()
+
+    def _collect(self) -> list[Any]:
+        """Block for one message (or until a purge/retry is due), then drain the rest."""
+        deadline = self._next_purge
+        if self._backlog:
+            deadline = min(deadline, self._retry_at)
+        timeout = min(max(deadline - self._clock.monotonic(), 0.0), PURGE_INTERVAL)
+        try:
+            batch = [self._inbox.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        size = len(batch[0].items) if isinstance(batch[0], Append) else 1
+        while size < MAX_BATCH:
+            try:
+                msg = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            batch.append(msg)
+            size += len(msg.items) if isinstance(msg, Append) else 1
+        if batch[-1] is _STOP:
+            batch.pop()
+            self._stopping = True
+        return batch
+
+    def _transact(self, batch: list[Any]) -> None:
+        """Apply the backlog and ``batch`` in one transaction, then run the callbacks."""
+        for msg in batch:
+            if isinstance(msg, _SetMaxPages):
+                self._try(f"PRAGMA max_page_count = {int(msg.pages)}")
+        work = self._backlog + [m for m in batch if not isinstance(m, _SetMaxPages)]
+        self._backlog = []
+        if not work:
+            return
+        out = _Results()
+        started = time.perf_counter()
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            now = self._clock.time()
+            states = {m.webhook: m for m in work if isinstance(m, SaveState)}  # newest wins
+            for msg in work:
+                if not isinstance(msg, SaveState) or states[msg.webhook] is msg:
+                    self._apply(msg, now, out)
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._try("ROLLBACK")
+            self._failed(work, e)
+            return
+        metrics.JOURNAL_COMMIT.observe(time.perf_counter() - started)
+        if self._failures:
+            log.warning("journal writes recovered after %d failed transactions", self._failures)
+            self._failures = 0
+        if out.committed:
+            self._call(self._on_commit, out.committed)
+        for append, reason in out.rejected:
+            self._call(self._on_error, append, reason)
+        for fn in out.after:
+            self._call(fn)
+
+    def _apply(self, msg: Any, now: float, out: _Results) -> None:
+        """Apply one message inside a savepoint, so a bad message spoils only itself."""
+        conn = self._conn
+        conn.execute("SAVEPOINT msg")
+        try:
+            if isinstance(msg, Append):
+                out.committed.extend(self._append(msg, now))
+            elif isinstance(msg, Outcome):
+                self._outcome(msg)
+            elif isinstance(msg, SaveState):
+                s = msg.state
+                conn.execute(
+                    "INSERT OR REPLACE INTO webhooks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (msg.webhook, s.state, s.disabled_reason, s.consecutive_failures,
+                     s.delivered, s.failed, s.last_success, s.last_error),
+                )  # fmt: skip
+            elif isinstance(msg, LoadPending):
+                found = self._pending(msg.webhook, msg.after_seq, msg.limit)
+                loaded = Loaded(msg.webhook, found, msg.after_seq, msg.limit)
+                out.after.append(functools.partial(msg.reply, loaded))
+            elif isinstance(msg, Revive):
+                loaded = Loaded(msg.webhook, self._revive(msg), 0, None)
+                out.after.append(functools.partial(msg.reply, loaded))
+            elif isinstance(msg, Cancel):
+                n = self._cancel(msg.webhook)
+                out.after.append(functools.partial(_log_cancelled, msg.webhook, n))
+            else:
+                raise TypeError(f"not a journal message: {type(msg).__name__}")
+        except Exception as e:
+            if _storage_error(e):
+                raise
+            conn.execute("ROLLBACK TO msg")
+            log.error("journal dropped a bad %s: %s", type(msg).__name__, e)
+            if isinstance(msg, Append):
+                out.rejected.append((msg, f"journal refused the event: {e}"))
+        conn.execute("RELEASE msg")
+
+    def _failed(self, work: list[Any], exc: sqlite3.Error) -> None:
+        """Answer the Appends of a failed transaction; keep the rest for a retry.
+
+        The backlog is bounded: SaveStates coalesce per webhook, and past
+        ``MAX_BACKLOG`` the oldest Outcomes go (their deliveries are simply sent
+        again: at least once still holds). LoadPending, Revive and Cancel are kept.
+        """
+        metrics.JOURNAL_ERRORS.inc()
+        self._failures += 1
+        reason = f"journal write failed: {exc}"
+        if self._failures == 1:
+            log.error("%s; affected events are refused, outcomes kept and retried", reason)
+        for msg in work:
+            if isinstance(msg, Append):
+                self._call(self._on_error, msg, reason)
+        states = {m.webhook: m for m in work if isinstance(m, SaveState)}
+        keep = [
+            m for m in work
+            if not isinstance(m, Append)
+            and (not isinstance(m, SaveState) or states[m.webhook] is m)
+        ]  # fmt: skip
+        excess = len(keep) - MAX_BACKLOG
+        if excess > 0:
+            drop = {id(m) for m in [m for m in keep if isinstance(m, Outcome)][:excess]}
+            keep = [m for m in keep if id(m) not in drop]
+            log.error("journal backlog full: dropped the %d oldest outcomes", len(drop))
+        self._backlog = keep
+        delay = min(RETRY_MAX, RETRY_MIN * 2 ** min(self._failures - 1, 16))
+        self._retry_at = self._clock.monotonic() + delay
+
+    def _try(self, sql: str) -> None:
+        """Run a statement whose failure must not hide the error being handled."""
+        try:
+            if sql != "ROLLBACK" or self._conn.in_transaction:
+                self._conn.execute(sql)
+        except sqlite3.Error as e:
+            log.error("journal: %s failed: %s", sql, e)
+
+    @staticmethod
+    def _call(fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("journal callback %s raised", getattr(fn, "__qualname__", fn))
+
+    # ----------------------------------------------------------------- statements
+
+    def _append(self, msg: Append, now: float) -> list[Committed]:
+        conn = self._conn
+        out, rows = [], []
+        for item in msg.items:
+            ev = item.event
+            cur = conn.execute(
+                "INSERT INTO events (id, type, received_at, body) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (id) DO NOTHING",
+                (ev.id, ev.type, now, ev.payload.body),
+            )
+            if cur.rowcount != 1:
+                out.append(Committed(item, None))  # a duplicate within retention
+                continue
+            rows.extend((cur.lastrowid, target) for target in dict.fromkeys(item.targets))
+            out.append(Committed(item, cur.lastrowid))
+        if rows:
+            conn.executemany(
+                "INSERT INTO deliveries (seq, webhook, state) VALUES (?, ?, 'pending')", rows
+            )
+        return out
+
+    def _outcome(self, msg: Outcome) -> None:
+        if msg.state not in (DONE, PENDING, EXHAUSTED):
+            raise ValueError(f"bad delivery state {msg.state!r}")
+        conn, r = self._conn, msg.result
+        # A done delivery stays done (a repeated Outcome is harmless); a cancelled one may
+        # only become done, when an attempt already in flight succeeded.
+        conn.execute(
+            "UPDATE deliveries SET state = ?, attempts = ?, next_at = ?"
+            " WHERE seq = ? AND webhook = ? AND state != 'done'"
+            " AND (state != 'cancelled' OR ? = 'done')",
+            (msg.state, r.number, msg.next_at, msg.seq, msg.webhook, msg.state),
+        )
+        conn.execute(
+            "INSERT INTO attempts (webhook, seq, event_id, number, at, status, error,"
+            " latency_ms, response) SELECT ?, seq, id, ?, ?, ?, ?, ?, ? FROM events"
+            " WHERE seq = ? ON CONFLICT DO NOTHING",
+            (msg.webhook, r.number, r.started_at, r.status, r.error, r.latency * 1000.0,
+             r.response, msg.seq),
+        )  # fmt: skip
+
+    def _pending(self, webhook: str, after_seq: int, limit: int) -> tuple[Delivery, ...]:
+        return tuple(
+            Delivery(seq, Payload(eid, etype, body), attempts, next_at)
+            for seq, eid, etype, body, attempts, next_at in self._conn.execute(
+                _PENDING_SQL, (webhook, after_seq, limit)
+            )
+        )
+
+    def _revive(self, msg: Revive) -> tuple[Delivery, ...]:
+        """Exhausted (and, for a replay, done) deliveries back to pending, attempts reset."""
+        conn = self._conn
+        states = "('exhausted', 'done')" if msg.include_done else "('exhausted')"
+        since = "" if msg.since is None else " AND e.received_at >= ?"
+        params = (msg.webhook,) if msg.since is None else (msg.webhook, msg.since)
+        rows = conn.execute(
+            "SELECT d.seq, e.id, e.type, e.body FROM deliveries d JOIN events e"
+            f" ON e.seq = d.seq WHERE d.webhook = ? AND d.state IN {states}{since}"
+            " ORDER BY d.seq",
+            params,
+        ).fetchall()
+        conn.executemany(
+            "UPDATE deliveries SET state = 'pending', attempts = 0, next_at = NULL"
+            " WHERE seq = ? AND webhook = ?",
+            [(seq, msg.webhook) for seq, *_ in rows],
+        )
+        return tuple(Delivery(seq, Payload(eid, etype, body)) for seq, eid, etype, body in rows)
+
+    def _cancel(self, webhook: str) -> int:
+        return self._conn.execute(
+            f"UPDATE deliveries SET state = '{CANCELLED}'"
+            " WHERE webhook = ? AND state IN ('pending', 'exhausted')",
+            (webhook,),
+        ).rowcount
+
+    def _purge(self) -> None:
+        """Delete finished events older than retention, their rows, and old attempt rows."""
+        conn = self._conn
+        self._next_purge = self._clock.monotonic() + PURGE_INTERVAL
+        cutoff = self._clock.time() - self._retention
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            seqs = [
+                (seq,)
+                for (seq,) in conn.execute(
+                    "SELECT seq FROM events e WHERE received_at < ? AND NOT EXISTS"
+                    " (SELECT 1 FROM deliveries d WHERE d.seq = e.seq"
+                    "  AND d.state IN ('pending', 'exhausted')) LIMIT ?",
+                    (cutoff, PURGE_CHUNK),
+                )
+            ]
+            for table in ("attempts", "deliveries", "events"):
+                conn.executemany(f"DELETE FROM {table} WHERE seq = ?", seqs)
+            old = conn.execute(
+                "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE at < ? LIMIT ?)",
+                (cutoff, PURGE_CHUNK),
+            ).rowcount
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._try("ROLLBACK")
+            metrics.JOURNAL_ERRORS.inc()
+            log.error("journal purge failed: %s", e)
+            return
+        if seqs or old:
+            log.info("journal purged %d expired events and %d old attempt rows", len(seqs), old)
+        if len(seqs) == PURGE_CHUNK or old == PURGE_CHUNK:
+            self._next_purge = self._clock.monotonic()  # more to do: next loop, between batches
+
+
+def _log_cancelled(webhook: str, n: int) -> None:
+    log.warning("webhook %r cancelled: %d unfinished deliveries cancelled", webhook, n)
+    if n:
+        metrics.DELIVERIES.labels(webhook, "cancelled").inc(n)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def attempts(conn: sqlite3.Connection, webhook: str, limit: int) -> list[dict[str, Any]]:
+    """The attempt log of one webhook, newest first (for ``webhook-router attempts``)."""
+    rows = conn.execute(
+        "SELECT event_id, seq, number, at, status, error, latency_ms, response FROM attempts"
+        " WHERE webhook = ? ORDER BY at DESC, id DESC LIMIT ?",
+        (webhook, limit),
+    )
+    return [
+        {"id": eid, "seq": seq, "attempt": number, "at": _iso(at), "status": status,
+         "error": error, "latency_ms": latency_ms, "response": response}
+        for eid, seq, number, at, status, error, latency_ms, response in rows
+    ]  # fmt: skip
+
+
+def unfinished(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+    """Per webhook: (pending, exhausted) delivery counts, straight from the file."""
+    out: dict[str, tuple[int, int]] = {}
+    for webhook, state, n in conn.execute(
+        "SELECT webhook, state, count(*) FROM deliveries"
+        " WHERE state IN ('pending', 'exhausted') GROUP BY state, webhook"
+    ):
+        pending, exhausted = out.get(webhook, (0, 0))
+        out[webhook] = (n, exhausted) if state == PENDING else (pending, n)
+    return out
