@@ -1,0 +1,456 @@
+"""The receiver: the one thread that touches the ingest sockets (pyzmq sockets are not thread-safe).
+
+It reads events from a PULL socket (fire-and-forget) and a ROUTER socket (acked),
+validates them with ``router.envelope``, hands valid ones to a sink in one batch per
+poll, answers bad ones at once, and sends ``ok`` acks only when the journal reports the
+commit through an ``AckChannel``. The loop is a pykka actor telling itself ``Poll()``,
+so ``stop()`` is noticed within one poll timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import pykka
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from router import RouterError, envelope, metrics
+from router.clock import Clock
+from router.config import IngestConfig, MiB
+from router.messages import Accepted, Committed
+
+logger = logging.getLogger(__name__)
+
+POLL_MS = 250
+SLICE_MS = 50  # how soon a waiting stop() is noticed
+BATCH = 1000  # most messages read from one socket in one poll
+LINGER_MS = 1000  # on stop, queued acks get this long to leave
+HWM = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    """Bind the ingest sockets. The answer is None, or an error string for the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """Run one round of the receive loop; the actor tells itself the next one."""
+
+
+class AckChannel:
+    """Where the journal's thread hands commit results back to the receiver thread.
+
+    The journal calls ``committed``/``failed``; those queue reply frames and wake the
+    receiver through a pipe it polls. ``outstanding`` counts events handed to the sink
+    and not yet answered, which is what back-pressure looks at.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._replies: deque[list[bytes]] = deque()
+        self._outstanding = 0
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+
+    @property
+    def outstanding(self) -> int:
+        return self._outstanding
+
+    def fileno(self) -> int:
+        """The pipe end the receiver polls."""
+        return self._read_fd
+
+    def committed(self, results: Iterable[Committed]) -> None:
+        """Ack these events: ``ok`` (``duplicate`` when ``seq`` is None)."""
+        frames = []
+        count = 0
+        for result in results:
+            count += 1
+            item = result.item
+            if item.reply is not None:
+                ack: dict[str, Any] = {"ok": True, "id": item.event.id}
+                if result.seq is None:
+                    ack["duplicate"] = True
+                frames.append([*item.reply, msgpack.packb(ack)])
+        self._answer(frames, count)
+
+    def failed(self, items: Iterable[Accepted], reason: str) -> None:
+        """Refuse these events (not journaled): ``{"ok": false, "error": reason}``."""
+        body = msgpack.packb({"ok": False, "error": reason})
+        items = tuple(items)
+        self._answer([[*i.reply, body] for i in items if i.reply is not None], len(items))
+
+    def add_outstanding(self, count: int) -> None:
+        """Called by the receiver before it hands ``count`` events to the sink."""
+        with self._lock:
+            self._outstanding += count
+
+    def take(self) -> list[list[bytes]]:
+        """Empty the wake-up pipe and return every reply waiting to be sent."""
+        with contextlib.suppress(OSError):  # BlockingIOError: the pipe is empty
+            while os.read(self._read_fd, 4096):
+                pass
+        with self._lock:
+            replies = list(self._replies)
+            self._replies.clear()
+        return replies
+
+    def close(self) -> None:
+        """Close the pipe. Only the owner (the app) does this, after the journal stops."""
+        for fd in (self._read_fd, self._write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _answer(self, frames: list[list[bytes]], count: int) -> None:
+        with self._lock:
+            self._replies.extend(frames)
+            self._outstanding = max(0, self._outstanding - count)
+        # A full pipe already means "wake up"; a closed one means nobody listens.
+        with contextlib.suppress(OSError):
+            os.write(self._write_fd, b"\0")
+
+
+class _LogLimit:
+    """At most ``per_second`` log lines a second; then one line says how many were not logged."""
+
+    def __init__(self, clock: Clock, per_second: int = 10) -> None:
+        self._clock = clock
+        self._per_second = per_second
+        self._window = -1.0
+        self._count = 0
+        self._suppressed = 0
+
+    def allow(self) -> bool:
+        self.flush()
+        if self._count < self._per_second:
+            self._count += 1
+            return True
+        self._suppressed += 1
+        return False
+
+    def flush(self) -> None:
+        """Start a new window once a second has passed, reporting what the last one hid."""
+        now = self._clock.monotonic()
+        if now - self._window < 1.0:
+            return
+        if self._suppressed:
+            logger.warning("%d more bad events were not logged", self._suppressed)
+        self._window, self._count, self._suppressed = now, 0, 0
+
+
+class Receiver(pykka.ThreadingActor):
+    """Owns the ingest sockets and the ZeroMQ context; see the module docstring.
+
+    ``MAXMSGSIZE`` is ``max(16 MiB, 4 * max_event_bytes)``: a frame between
+    ``max_event_bytes`` and that limit is answered ``too_large``; a bigger one makes
+    ZeroMQ disconnect the peer without an answer (a memory guard).
+    """
+
+    def __init__(
+        self,
+        ingest: IngestConfig,
+        sink: Callable[[tuple[Accepted, ...]], None],
+        channel: AckChannel,
+        clock: Clock,
+        max_outstanding: int = 20_000,
+    ) -> None:
+        super().__init__()
+        if not ingest.bind and not ingest.ack_bind:
+            raise RouterError("ingest needs bind or ack_bind (or both)")
+        if max_outstanding < 1:
+            raise RouterError("max_outstanding must be at least 1")
+        self._ingest = ingest
+        self._sink = sink
+        self._channel = channel
+        self._clock = clock
+        self._max_outstanding = max_outstanding
+        self._limit = _LogLimit(clock)
+        self._ctx: zmq.Context | None = None
+        self._auth: ThreadAuthenticator | None = None
+        self._pull: zmq.Socket | None = None
+        self._router: zmq.Socket | None = None
+        self._all: zmq.Poller | None = None  # ingest sockets and the ack pipe
+        self._acks_only: zmq.Poller | None = None  # under back-pressure
+        self._pull_first = True
+
+    # ------------------------------------------------------------------ messages
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Bind):
+            return self._on_bind()
+        if isinstance(message, Poll):
+            try:
+                self._poll()
+            except Exception:
+                logger.exception("receiver poll failed; going on")
+                time.sleep(0.1)  # a persistent socket error must not spin the CPU
+            if self._all is not None:  # not bound (Bind failed) or closed: no loop
+                self._tell(Poll())
+            return None
+        return super().on_receive(message)
+
+    def on_stop(self) -> None:
+        try:
+            self._send_acks()
+        except Exception:
+            logger.exception("could not send the last acks")
+        try:
+            self._close()
+        except Exception:
+            logger.exception("could not close the ingest sockets")
+
+    def _on_bind(self) -> str | None:
+        if self._all is not None:
+            return None
+        try:
+            error = self._bind()
+        except Exception as exc:  # never let Bind kill the actor: the app must hear why
+            logger.exception("binding the ingest sockets failed")
+            error = f"cannot bind the ingest sockets: {exc}"
+        if error is not None:
+            self._close()
+            return error
+        self._tell(Poll())
+        return None
+
+    def _tell(self, message: Any) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):  # stopping
+            self.actor_ref.tell(message)
+
+    # ------------------------------------------------------------------ sockets
+
+    def _bind(self) -> str | None:
+        ingest = self._ingest
+        self._ctx = zmq.Context()
+        keys = None
+        if ingest.curve is not None:
+            if not zmq.has("curve"):
+                return "ingest.curve is set but this libzmq has no CURVE support"
+            path = ingest.curve.secret_key_file
+            try:
+                public, secret = zmq.auth.load_certificate(path)
+            except (OSError, ValueError) as exc:
+                return f"cannot load the CURVE secret key file {path}: {exc}"
+            if not secret:
+                return f"{path} holds no secret key (use the .key_secret file)"
+            if not os.path.isdir(ingest.curve.authorized_keys_dir):
+                return f"authorized_keys_dir {ingest.curve.authorized_keys_dir} is not a directory"
+            keys = (public, secret)
+            # The ZAP handler must run before binding, or libzmq admits any client key.
+            self._auth = ThreadAuthenticator(self._ctx, log=logger)
+            self._auth.start()
+            self._auth.configure_curve(domain="*", location=ingest.curve.authorized_keys_dir)
+        max_size = max(16 * MiB, 4 * ingest.max_event_bytes)
+        self._all, self._acks_only = zmq.Poller(), zmq.Poller()
+        for address, kind in ((ingest.bind, zmq.PULL), (ingest.ack_bind, zmq.ROUTER)):
+            if not address:
+                continue
+            sock = self._ctx.socket(kind)
+            if kind == zmq.PULL:
+                self._pull = sock
+            else:
+                self._router = sock
+                sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a vanished client must not raise
+                sock.setsockopt(zmq.SNDHWM, HWM)
+            sock.setsockopt(zmq.LINGER, LINGER_MS)
+            sock.setsockopt(zmq.IPV6, 1)  # tcp://[::1]:… works; IPv4 addresses still do
+            sock.setsockopt(zmq.RCVHWM, HWM)
+            sock.setsockopt(zmq.MAXMSGSIZE, max_size)
+            if keys is not None:
+                sock.curve_server = True
+                sock.curve_publickey, sock.curve_secretkey = keys
+            try:
+                _make_ipc_dir(address)
+                sock.bind(address)
+            except (zmq.ZMQError, OSError) as exc:
+                return f"cannot bind {address}: {exc}"
+            self._all.register(sock, zmq.POLLIN)
+            logger.info("listening for events on %s (%s)", address, _NAMES[kind])
+        self._all.register(self._channel.fileno(), zmq.POLLIN)
+        self._acks_only.register(self._channel.fileno(), zmq.POLLIN)
+        return None
+
+    def _close(self) -> None:
+        for sock in (self._pull, self._router):
+            if sock is not None:
+                sock.close()
+        self._pull = self._router = self._all = self._acks_only = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._ctx is not None:
+            self._ctx.term()  # waits at most LINGER_MS for queued acks
+            self._ctx = None
+
+    # ------------------------------------------------------------------ the loop
+
+    def _poll(self) -> None:
+        if self._all is None or self._acks_only is None:
+            return
+        room = self._max_outstanding - self._channel.outstanding
+        # Under back-pressure the sockets are not even polled: their high-water marks
+        # push back on producers, and level-triggered readiness would spin the loop.
+        poller = self._all if room > 0 else self._acks_only
+        ready = self._wait(poller)
+        items: list[Accepted] = []
+        if room > 0:
+            order = [self._pull, self._router]
+            if not self._pull_first:
+                order.reverse()
+            self._pull_first = not self._pull_first
+            for sock in order:
+                if sock is not None and sock in ready:
+                    self._drain(sock, items, min(BATCH, room - len(items)))
+        if items:
+            self._hand_over(items)
+        self._send_acks()
+        self._limit.flush()
+
+    def _wait(self, poller: zmq.Poller) -> dict:
+        """Poll up to POLL_MS, in slices, returning early when another message (stop) waits."""
+        deadline = time.monotonic() + POLL_MS / 1000
+        while True:
+            ready = dict(poller.poll(SLICE_MS))
+            if ready or not self.actor_inbox.empty() or time.monotonic() >= deadline:
+                return ready
+
+    def _drain(self, sock: zmq.Socket, items: list[Accepted], budget: int) -> None:
+        """Read without blocking until ``budget`` valid events or the socket is empty."""
+        reads = 0
+        valid = 0
+        while valid < budget and reads < BATCH * 2:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            reads += 1
+            try:
+                item = self._accept(sock, frames)
+            except Exception:
+                logger.exception("could not handle an ingest message; going on")
+                continue
+            if item is not None:
+                items.append(item)
+                valid += 1
+
+    def _accept(self, sock: zmq.Socket, frames: list[bytes]) -> Accepted | None:
+        reply: tuple[bytes, ...] | None = None
+        payload = frames
+        if sock is self._router:
+            # REQ: identity frame(s), empty delimiter, payload. DEALER: identity, payload.
+            cut = frames.index(b"", 1) + 1 if b"" in frames[1:] else 1
+            reply, payload = tuple(frames[:cut]), frames[cut:]
+        try:
+            if len(payload) != 1:
+                raise envelope.BadEvent(
+                    "multipart", f"an event is one frame, this message had {len(payload)}"
+                )
+            event = envelope.decode(payload[0], self._ingest.max_event_bytes, self._clock)
+        except envelope.BadEvent as bad:
+            self._reject(bad, reply)
+            return None
+        return Accepted(event=event, reply=reply)
+
+    def _reject(self, bad: envelope.BadEvent, reply: tuple[bytes, ...] | None) -> None:
+        metrics.EVENTS_REJECTED.labels(bad.reason).inc()
+        if self._limit.allow():
+            source = "ack socket" if reply is not None else "push socket"
+            logger.warning("rejected an event on the %s: %s", source, bad)
+        if reply is not None and self._router is not None:
+            body = msgpack.packb({"ok": False, "error": str(bad)})
+            self._send(self._router, [*reply, body])
+
+    def _hand_over(self, items: list[Accepted]) -> None:
+        batch = tuple(items)
+        metrics.EVENTS_RECEIVED.inc(len(batch))
+        self._channel.add_outstanding(len(batch))  # before: the sink may commit at once
+        try:
+            self._sink(batch)
+        except Exception:
+            logger.exception("the sink refused %d events; answering them with an error", len(batch))
+            self._channel.failed(batch, "internal error: the event was not journaled")
+
+    def _send_acks(self) -> None:
+        replies = self._channel.take()
+        if self._router is None:
+            return
+        for frames in replies:
+            self._send(self._router, frames)
+
+    def _send(self, sock: zmq.Socket, frames: list[bytes]) -> None:
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            logger.debug("dropped an answer to a client that is not reading")
+        except zmq.ZMQError as exc:
+            logger.warning("could not send an answer: %s", exc)
+
+
+_NAMES = {zmq.PULL: "PULL", zmq.ROUTER: "ROUTER, acked"}
+
+
+def _make_ipc_dir(address: str) -> None:
+    if address.startswith("ipc://"):
+        parent = os.path.dirname(address[len("ipc://") :])
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+
+
+# --------------------------------------------------------------------------- client
+
+
+def send_event(
+    address: str,
+    event: dict[str, Any],
+    ack: bool,
+    timeout: float = 5.0,
+    curve: tuple[bytes, bytes, bytes] | None = None,
+) -> dict[str, Any] | None:
+    """Send one event, as a producer would: PUSH (returns None) or REQ (returns the ack).
+
+    ``curve`` is ``(server_public, client_public, client_secret)`` in Z85.
+
+    Raises:
+        RouterError: nothing could be sent, or no answer came, within ``timeout``.
+    """
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REQ if ack else zmq.PUSH)
+    try:
+        ms = max(1, int(timeout * 1000))
+        sock.setsockopt(zmq.SNDTIMEO, ms)
+        sock.setsockopt(zmq.RCVTIMEO, ms)
+        sock.setsockopt(zmq.LINGER, 0 if ack else ms)  # a PUSH must get its frame out
+        sock.setsockopt(zmq.IPV6, 1)
+        if curve is not None:
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = curve
+        sock.connect(address)
+        try:
+            sock.send(msgpack.packb(event))
+        except zmq.Again:
+            raise RouterError(f"could not send to {address} within {timeout:g} s") from None
+        if not ack:
+            return None
+        try:
+            answer = sock.recv()
+        except zmq.Again:
+            raise RouterError(f"no answer from {address} within {timeout:g} s") from None
+        try:
+            return msgpack.unpackb(answer, raw=False)
+        except ValueError:
+            raise RouterError(f"{address} answered with something that is not msgpack") from None
+    finally:
+        sock.close()
+        ctx.term()
