@@ -1,0 +1,551 @@
+"""The ``webhook-router`` command: run the daemon, check config, and operate a running router.
+
+Exit codes: 0 ok, 1 error (an error reply, a failed enable, an invalid config),
+2 usage, 3 the router is not reachable. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import yaml
+
+from router import ConfigError, ControlError, RouterError, __version__
+from router.config import parse_duration
+
+DEFAULT_CONFIG = "/etc/webhook-router/router.yaml"
+CONFIG_ENV = "WEBHOOK_ROUTER_CONFIG"
+DEFAULT_INGEST = {"bind": "tcp://127.0.0.1:5555", "ack_bind": "tcp://127.0.0.1:5556"}
+SIGNATURE_TOLERANCE = 300  # seconds, as the Standard Webhooks spec recommends
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class Fail(Exception):
+    """Stop the command with ``code`` and one line on stderr."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------- reading the config minimally
+
+
+def _read_yaml(config_path: str) -> dict:
+    """The main config file as plain YAML: operator commands must work without its secrets."""
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except OSError as e:
+        raise RouterError(f"cannot read {config_path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{config_path}:{mark.line + 1}" if mark else config_path
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RouterError(f"{where}: not valid YAML: {problem}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise RouterError(f"{config_path}: the top level must be a mapping")
+    return doc
+
+
+def _section(doc: dict, key: str, config_path: str) -> dict:
+    value = doc.get(key) or {}
+    if not isinstance(value, dict):
+        raise RouterError(f"{config_path}: {key} must be a mapping")
+    return value
+
+
+def _connectable(address: str, base: str) -> str:
+    """Turn a bind address into one a client can connect to (absolute ipc, no wildcard host)."""
+    if address.startswith("ipc://") and not address.startswith("ipc://@"):
+        path = address[len("ipc://") :]
+        return "ipc://" + os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+    m = re.fullmatch(r"tcp://(\*|0\.0\.0\.0|\[::\]|::):(\d+)", address)
+    if m:
+        host = "[::1]" if ":" in m.group(1) else "127.0.0.1"
+        return f"tcp://{host}:{m.group(2)}"
+    return address
+
+
+def control_address(config_path: str) -> str:
+    """Where the router at ``config_path`` serves control requests (``control.bind`` or default)."""
+    doc = _read_yaml(config_path)
+    base = os.path.dirname(os.path.abspath(config_path))
+    bind = _section(doc, "control", config_path).get("bind")
+    if bind is None:
+        state_dir = doc.get("state_dir") or "./var"
+        if not isinstance(state_dir, str):
+            raise RouterError(f"{config_path}: state_dir must be a path")
+        bind = "ipc://" + os.path.join(state_dir, "control.sock")
+    if not isinstance(bind, str):
+        raise RouterError(f"{config_path}: control.bind must be an address")
+    return _connectable(bind, base)
+
+
+def ingest_address(config_path: str, ack: bool) -> str:
+    """Where the router at ``config_path`` takes events (the acked socket with ``ack``)."""
+    key = "ack_bind" if ack else "bind"
+    doc = _read_yaml(config_path)
+    ingest = _section(doc, "ingest", config_path)
+    # as in config.py: an ingest section turns off the socket it leaves out
+    bind = ingest.get(key) if "ingest" in doc else DEFAULT_INGEST[key]
+    if not bind:
+        raise RouterError(f"{config_path} has no ingest.{key}; use --to ADDR")
+    if not isinstance(bind, str):
+        raise RouterError(f"{config_path}: ingest.{key} must be an address")
+    return _connectable(bind, os.path.dirname(os.path.abspath(config_path)))
+
+
+# ---------------------------------------------------------------- argument types
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """``--since``: a duration ago as in the config (``2h``, ``90``), or ISO-8601 (naive: local)."""
+    now = time.time() if now is None else now
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an ISO-8601 time nor a duration like 2h"
+        ) from None
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def decode_secret(text: str) -> bytes:
+    """A Standard Webhooks secret: ``whsec_`` followed by base64."""
+    try:
+        return base64.b64decode(text.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise argparse.ArgumentTypeError("a secret is whsec_ followed by base64") from None
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return int(text)
+
+
+# ---------------------------------------------------------------- daemon and config commands
+
+
+class _IsoFormatter(logging.Formatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return datetime.fromtimestamp(record.created).astimezone().isoformat("T", "milliseconds")
+
+
+def setup_logging(level: str) -> None:
+    """One line per record on stderr; journald adds its own timestamps."""
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(_IsoFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    from router import app
+
+    try:
+        return app.run(args.config)
+    except ConfigError as e:
+        for line in e.errors:
+            print(line, file=sys.stderr)
+        return 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from router import config
+
+    try:
+        cfg = config.load(args.config)  # what config.check does, keeping the result
+    except ConfigError as e:
+        for line in e.errors:
+            print(line, file=sys.stderr)
+        return 1
+    if args.explain is None:
+        print(f"{args.config}: ok ({len(cfg.webhooks)} webhooks)")
+        return 0
+    import msgpack
+
+    from router import envelope, filter
+    from router.clock import Clock
+
+    try:
+        event = envelope.decode(msgpack.packb(args.explain), cfg.ingest.max_event_bytes, Clock())
+    except envelope.BadEvent as e:
+        raise Fail(1, f"the router would reject this event: {e}") from None
+    print(filter.format_explanation(filter.Filter.from_config(cfg).explain(event)))
+    return 0
+
+
+# ---------------------------------------------------------------- control commands
+
+
+def _ask(args: argparse.Namespace, cmd: str, cargs: dict | None = None) -> Any:
+    from router import control
+
+    try:
+        address = args.control or control_address(args.config)
+    except RouterError as e:
+        raise Fail(2, f"{e} (use -c FILE or --control ADDR)") from None
+    # a health check may take the webhook's whole timeout: give enable longer
+    timeout = args.timeout or (60.0 if cmd == "enable" else 10.0)
+    return control.request(address, cmd, cargs, timeout=timeout)
+
+
+def _when(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value).astimezone().isoformat("T", "seconds")
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _short(text: Any, limit: int = 60) -> str:
+    text = "-" if text in (None, "") else " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _ask(args, "status")
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+        return 0
+    rows = []
+    for w in status.get("webhooks", []):
+        lat = w.get("latency_ms") or {}
+        p = "/".join("-" if lat.get(k) is None else f"{lat[k]:.1f}" for k in ("p50", "p99"))
+        cells = [w.get(k) for k in ("name", "state", "health", "queued", "in_flight")]
+        cells += [w.get("delivered"), w.get("failed"), p, _short(w.get("last_error"))]
+        rows.append([str(c) for c in cells])
+    header = ["WEBHOOK", "STATE", "HEALTH", "QUEUED", "IN-FLIGHT", "DELIVERED", "FAILED"]
+    print(_table([*header, "P50/P99 MS", "LAST ERROR"], rows) if rows else "no webhooks")
+    ev = status.get("events", {})
+    print(
+        f"events: received {ev.get('received', 0)}, rejected {ev.get('rejected', 0)}, "
+        f"duplicates {ev.get('duplicates', 0)}"
+    )
+    return 0
+
+
+def _state_change(result: dict, verb: str) -> int:
+    name, detail = result.get("webhook"), result.get("detail")
+    line = f"{name}: {result.get('state')}" + (f" ({detail})" if detail else "")
+    if result.get("ok"):
+        print(line)
+        return 0
+    print(f"error: {name} not {verb}: {line}", file=sys.stderr)
+    return 1
+
+
+def cmd_enable(args: argparse.Namespace) -> int:
+    return _state_change(_ask(args, "enable", {"name": args.name}), "enabled")
+
+
+def cmd_disable(args: argparse.Namespace) -> int:
+    return _state_change(_ask(args, "disable", {"name": args.name}), "disabled")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    cargs = {"name": args.name, "since": args.since, "failed_only": args.failed}
+    result = _ask(args, "replay", cargs)
+    print(f"{result.get('webhook')}: {result.get('requeued')} deliveries requeued")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    result = _ask(args, "reload")
+    if not result.get("ok"):
+        for line in result.get("errors") or ["reload failed"]:
+            print(line, file=sys.stderr)
+        print("error: the config was not reloaded; the old one keeps running", file=sys.stderr)
+        return 1
+    changes = [
+        f"{what} {', '.join(result[what])}"
+        for what in ("added", "removed", "changed")
+        if result.get(what)
+    ]
+    print("reloaded: " + ("; ".join(changes) if changes else "no webhook changed"))
+    return 0
+
+
+def cmd_attempts(args: argparse.Namespace) -> int:
+    attempts = _ask(args, "attempts", {"name": args.name, "limit": args.limit})
+    if args.json:
+        print(json.dumps(attempts, indent=2, default=str))
+        return 0
+    rows = [
+        [
+            _when(a.get("at")),
+            str(a.get("id")),
+            str(a.get("attempt")),
+            str(a.get("status") if a.get("status") is not None else "-"),
+            "-" if a.get("latency_ms") is None else f"{a['latency_ms']:.1f}",
+            _short(a.get("error")),
+        ]
+        for a in attempts
+    ]
+    header = ["AT", "EVENT", "ATTEMPT", "STATUS", "MS", "ERROR"]
+    print(_table(header, rows) if rows else f"no attempts logged for {args.name}")
+    return 0
+
+
+# ---------------------------------------------------------------- send and listen
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from router import receiver
+
+    event: dict[str, Any] = {"type": args.type}
+    for key in ("id", "company", "project", "data"):
+        if getattr(args, key) is not None:
+            event[key] = getattr(args, key)
+    if args.timestamp is not None:
+        try:
+            event["timestamp"] = float(args.timestamp)
+        except ValueError:
+            event["timestamp"] = args.timestamp  # ISO-8601; the router validates it
+    try:
+        address = args.to or ingest_address(args.config, args.ack)
+    except RouterError as e:
+        raise Fail(2, f"{e} (use -c FILE or --to ADDR)") from None
+    try:
+        ack = receiver.send_event(address, event, args.ack, args.timeout)
+    except RouterError as e:
+        raise Fail(3, str(e)) from None
+    if ack is None:
+        print("sent (without --ack nothing confirms that the router got it)")
+        return 0
+    if ack.get("ok"):
+        print(f"ok {ack.get('id')}")
+        return 0
+    print(f"error {ack.get('error')}")
+    return 1
+
+
+def verify_signature(headers: Any, body: bytes, secrets: list[bytes], now: float) -> str:
+    """Check a Standard Webhooks signature; the answer is for the listen output."""
+    signature = headers.get("webhook-signature")
+    if not signature:
+        return "unsigned"
+    if not secrets:
+        return "signature unchecked (no --secret)"
+    msg_id, stamp = headers.get("webhook-id"), headers.get("webhook-timestamp") or ""
+    if not msg_id or not (stamp.isascii() and stamp.isdigit()):
+        return "signature BAD (missing webhook-id or webhook-timestamp)"
+    if abs(now - int(stamp)) > SIGNATURE_TOLERANCE:
+        return f"signature BAD (timestamp {int(now) - int(stamp)}s off)"
+    signed = f"{msg_id}.{stamp}.".encode() + body
+    expected = [base64.b64encode(hmac.digest(k, signed, hashlib.sha256)) for k in secrets]
+    for part in signature.split():
+        version, _, value = part.partition(",")
+        if version == "v1" and any(hmac.compare_digest(value.encode(), e) for e in expected):
+            return "signature ok"
+    return "signature BAD"
+
+
+def _listen_handler(secrets: list[bytes], status: int, out_lock: threading.Lock) -> type:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = f"webhook-router-listen/{__version__}"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                payload = json.loads(body)
+                payload = payload if isinstance(payload, dict) else {}
+            except ValueError:
+                payload = {}
+            line = " ".join(
+                [
+                    datetime.now().strftime("%H:%M:%S.%f")[:-3],
+                    str(payload.get("webhook", "-")),
+                    str(payload.get("type", "-")),
+                    str(payload.get("id") or self.headers.get("webhook-id") or "-"),
+                    f"attempt={self.headers.get('webhook-attempt', '-')}",
+                    verify_signature(self.headers, body, secrets, time.time()),
+                ]
+            )
+            with out_lock:
+                print(line, flush=True)
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # one line per delivery is printed by do_POST
+
+    return Handler
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    handler = _listen_handler(args.secret, args.status, threading.Lock())
+    try:
+        server = ThreadingHTTPServer((args.host, args.port), handler)
+    except OSError as e:
+        raise Fail(1, f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    server.daemon_threads = True
+    host, port = server.server_address[:2]
+    print(f"listening on http://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+    return 0
+
+
+# ---------------------------------------------------------------- the parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    default_config = os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c", "--config", default=default_config, help=f"config file (default {default_config})"
+    )
+    ctl = argparse.ArgumentParser(add_help=False, parents=[common])
+    ctl.add_argument("--control", metavar="ADDR", help="control socket (default: from the config)")
+    ctl.add_argument("--timeout", type=float, help="seconds to wait (default 10, enable 60)")
+
+    parser = argparse.ArgumentParser(
+        prog="webhook-router", description="Routes events from ZeroMQ to signed HTTP webhooks."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", parents=[common], help="run the router in the foreground")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", parents=[common], help="validate the config file")
+    p.add_argument(
+        "--explain",
+        metavar="EVENT_JSON",
+        type=_json_object,
+        help="show which webhooks would take this event, and why",
+    )
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("status", parents=[ctl], help="show every webhook's health")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_status)
+    for name, func, what in (
+        ("enable", cmd_enable, "health-check a webhook and enable it on success"),
+        ("disable", cmd_disable, "disable a webhook (its deliveries are held)"),
+    ):
+        p = sub.add_parser(name, parents=[ctl], help=what)
+        p.add_argument("name", metavar="NAME")
+        p.set_defaults(func=func)
+    p = sub.add_parser("replay", parents=[ctl], help="send a webhook's deliveries again")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument(
+        "--since",
+        type=parse_since,
+        metavar="T",
+        help="ISO-8601 time, or a duration ago (2h, 30m, 90)",
+    )
+    p.add_argument("--failed", action="store_true", help="only deliveries that used up attempts")
+    p.set_defaults(func=cmd_replay)
+    p = sub.add_parser("reload", parents=[ctl], help="re-read the config file (like SIGHUP)")
+    p.set_defaults(func=cmd_reload)
+    p = sub.add_parser("attempts", parents=[ctl], help="a webhook's recent attempts, newest first")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--limit", type=_positive_int, default=20, metavar="N")
+    p.add_argument("--json", action="store_true", help="print JSON, response bodies included")
+    p.set_defaults(func=cmd_attempts)
+
+    p = sub.add_parser("send", parents=[common], help="publish one event (for testing)")
+    p.add_argument("type", metavar="TYPE")
+    p.add_argument("--project")
+    p.add_argument("--company")
+    p.add_argument("--data", type=_json_object, metavar="JSON")
+    p.add_argument("--id")
+    p.add_argument("--timestamp", metavar="T", help="epoch seconds or ISO-8601")
+    p.add_argument("--ack", action="store_true", help="wait until the router has journaled it")
+    p.add_argument("--to", metavar="ADDR", help="ingest address (default: from the config)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the ack")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("listen", help="a local webhook receiver that prints each delivery")
+    p.add_argument("port", nargs="?", type=int, default=8080, metavar="PORT")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        type=decode_secret,
+        metavar="S",
+        help="whsec_… secret to verify signatures with (repeatable)",
+    )
+    p.add_argument("--status", type=int, default=200, metavar="CODE", help="HTTP status to reply")
+    p.set_defaults(func=cmd_listen)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors and --help
+        return e.code if isinstance(e.code, int) else 0
+    try:
+        return args.func(args)
+    except Fail as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
+    except ControlError as e:
+        from router.control import NotReachable
+
+        print(f"error: {e}", file=sys.stderr)
+        return 3 if isinstance(e, NotReachable) else 1
+    except RouterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

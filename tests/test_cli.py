@@ -1,0 +1,590 @@
+"""The webhook-router command, in-process with capsys and as a subprocess for ``listen``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+from standardwebhooks.webhooks import Webhook
+
+from router import RouterError
+from router.cli import (
+    control_address,
+    ingest_address,
+    main,
+    parse_since,
+    setup_logging,
+    verify_signature,
+)
+from router.config import load as load_config
+from router.control import ControlServer
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+STATUS = {
+    "webhooks": [
+        {
+            "name": "crm-sync",
+            "state": "disabled",
+            "health": "UNHEALTHY",
+            "queued": 4,
+            "in_flight": 0,
+            "delivered": 12,
+            "failed": 1,
+            "consecutive_failures": 5,
+            "last_success": 1_700_000_000.0,
+            "last_error": "HTTP 500",
+            "latency_ms": {"p50": 1.25, "p99": 4.75},
+            "url": "https://crm.example.com/hooks",
+        }
+    ],
+    "events": {"received": 12, "rejected": 2, "duplicates": 1},
+    "version": "0.1.0",
+    "uptime": 10.0,
+}
+
+
+class FakeApp:
+    """The App interface the control server calls, with canned answers."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.enable_ok = True
+        self.reload_errors: list[str] = []
+
+    def _known(self, name: str) -> None:
+        if name != "crm-sync":
+            raise RouterError(f"no webhook named {name!r}")
+
+    def status(self) -> dict:
+        return STATUS
+
+    def enable(self, name: str) -> dict:
+        self._known(name)
+        if self.enable_ok:
+            return {"webhook": name, "ok": True, "state": "active", "detail": "HTTP 204"}
+        return {"webhook": name, "ok": False, "state": "disabled", "detail": "HTTP 503"}
+
+    def disable(self, name: str) -> dict:
+        self._known(name)
+        return {"webhook": name, "ok": True, "state": "disabled", "detail": None}
+
+    def replay(self, name: str, since: float | None, failed_only: bool) -> dict:
+        self._known(name)
+        self.calls.append(("replay", name, since, failed_only))
+        return {"webhook": name, "requeued": 7}
+
+    def reload(self) -> dict:
+        errors = self.reload_errors
+        return {
+            "ok": not errors,
+            "errors": errors,
+            "added": ["audit"],
+            "removed": [],
+            "changed": ["crm-sync"],
+        }
+
+    def attempts(self, name: str, limit: int) -> list[dict]:
+        self._known(name)
+        self.calls.append(("attempts", name, limit))
+        return [
+            {
+                "id": "01HEVENT",
+                "attempt": 2,
+                "at": 1_700_000_000.0,
+                "status": 500,
+                "error": "HTTP 500",
+                "latency_ms": 3.5,
+                "response": "oops",
+            }
+        ]
+
+    def healthy(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def app():
+    return FakeApp()
+
+
+@pytest.fixture
+def config(tmp_path):
+    """A config whose control socket (by default under state_dir) the fake server binds."""
+    path = tmp_path / "router.yaml"
+    path.write_text("state_dir: ./state\nwebhooks: []\n")
+    return str(path)
+
+
+@pytest.fixture
+def server(tmp_path, app, config):
+    srv = ControlServer(f"ipc://{tmp_path}/state/control.sock", app)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------- check
+
+VALID = """\
+state_dir: ./var
+webhooks:
+  - name: crm-sync
+    url: https://crm.example.com/hooks
+    secret: whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=
+    events: ["TODO_*"]
+    projects: [p1]
+  - name: audit
+    url: https://audit.example.com/in
+    signature: none
+    events: [COMMENT_CREATED]
+"""
+
+
+def test_check_a_valid_file_says_ok_with_the_webhook_count(capsys, tmp_path):
+    path = tmp_path / "router.yaml"
+    path.write_text(VALID)
+    code, out, err = run(capsys, "check", "-c", str(path))
+    assert (code, out, err) == (0, f"{path}: ok (2 webhooks)\n", "")
+
+
+def test_check_an_invalid_file_prints_every_error_located_and_exits_1(capsys, tmp_path):
+    path = tmp_path / "router.yaml"
+    text = VALID.replace("url: https://crm", "ur1: https://crm").replace("none", "nope")
+    path.write_text(text)
+    code, out, err = run(capsys, "check", "-c", str(path))
+    assert (code, out) == (1, "")
+    lines = err.splitlines()
+    assert len(lines) >= 2
+    for line in lines:
+        assert re.match(rf"{re.escape(str(path))}:\d+: \S+: .+", line), line
+
+
+def test_check_explain_shows_which_webhooks_take_the_event(capsys, tmp_path):
+    path = tmp_path / "router.yaml"
+    path.write_text(VALID)
+    event = '{"type": "TODO_CREATED", "project": "p1", "data": {"title": "x"}}'
+    code, out, _ = run(capsys, "check", "-c", str(path), "--explain", event)
+    assert code == 0
+    assert out.startswith("crm-sync: matched by rule 1")
+    assert "audit: no match" in out
+
+
+def test_check_explain_refuses_an_event_the_router_would_refuse(capsys, tmp_path):
+    path = tmp_path / "router.yaml"
+    path.write_text(VALID)
+    code, _, err = run(capsys, "check", "-c", str(path), "--explain", '{"type": ""}')
+    assert code == 1
+    assert err.startswith("error: the router would reject this event")
+    assert main(["check", "-c", str(path), "--explain", "{not json"]) == 2
+
+
+# ---------------------------------------------------------------- control commands
+
+
+def test_status_json_prints_the_routers_status(capsys, server, config):
+    code, out, _ = run(capsys, "status", "--json", "-c", config)
+    assert code == 0
+    assert json.loads(out) == STATUS
+
+
+def test_status_prints_a_table_and_the_event_counters(capsys, server):
+    code, out, _ = run(capsys, "status", "--control", server.address)
+    assert code == 0
+    header, row, events = out.splitlines()
+    assert header.split()[:3] == ["WEBHOOK", "STATE", "HEALTH"]
+    assert row.split() == [
+        "crm-sync",
+        "disabled",
+        "UNHEALTHY",
+        "4",
+        "0",
+        "12",
+        "1",
+        "1.2/4.8",
+        "HTTP",
+        "500",
+    ]
+    assert events == "events: received 12, rejected 2, duplicates 1"
+
+
+def test_enable_exits_0_when_the_health_check_passes(capsys, server, config):
+    code, out, _ = run(capsys, "enable", "crm-sync", "-c", config)
+    assert (code, out) == (0, "crm-sync: active (HTTP 204)\n")
+
+
+def test_enable_exits_1_when_the_health_check_fails(capsys, server, app, config):
+    app.enable_ok = False
+    code, out, err = run(capsys, "enable", "crm-sync", "-c", config)
+    assert (code, out) == (1, "")
+    assert err == "error: crm-sync not enabled: crm-sync: disabled (HTTP 503)\n"
+
+
+def test_unknown_webhook_is_one_error_line_and_exit_1(capsys, server, config):
+    code, _, err = run(capsys, "disable", "nope", "-c", config)
+    assert (code, err) == (1, "error: no webhook named 'nope'\n")
+
+
+def test_replay_since_a_duration_sends_that_long_ago(capsys, server, app, config):
+    code, out, _ = run(capsys, "replay", "crm-sync", "--since", "2h", "--failed", "-c", config)
+    assert (code, out) == (0, "crm-sync: 7 deliveries requeued\n")
+    (_, name, since, failed_only), *_ = app.calls
+    assert (name, failed_only) == ("crm-sync", True)
+    assert abs(since - (time.time() - 7200)) < 60
+
+
+def test_replay_without_since_replays_everything(capsys, server, app, config):
+    assert run(capsys, "replay", "crm-sync", "-c", config)[0] == 0
+    assert app.calls == [("replay", "crm-sync", None, False)]
+
+
+def test_reload_lists_the_changes(capsys, server, config):
+    code, out, _ = run(capsys, "reload", "-c", config)
+    assert (code, out) == (0, "reloaded: added audit; changed crm-sync\n")
+
+
+def test_failed_reload_prints_each_error_and_exits_1(capsys, server, app, config):
+    app.reload_errors = ["router.yaml:3: webhooks[0].url: required"]
+    code, _, err = run(capsys, "reload", "-c", config)
+    assert code == 1
+    assert err.splitlines()[0] == "router.yaml:3: webhooks[0].url: required"
+
+
+def test_attempts_passes_the_limit_and_prints_a_table(capsys, server, app, config):
+    code, out, _ = run(capsys, "attempts", "crm-sync", "--limit", "5", "-c", config)
+    assert code == 0
+    assert app.calls == [("attempts", "crm-sync", 5)]
+    assert "01HEVENT" in out
+    assert "HTTP 500" in out
+
+
+def test_unreachable_router_exits_3(capsys, tmp_path):
+    code, _, err = run(capsys, "status", "--control", f"ipc://{tmp_path}/none.sock")
+    assert code == 3
+    assert "is it running?" in err
+    assert err.count("\n") == 1
+
+
+def test_silent_router_exits_3_after_the_timeout(capsys):
+    with zmq.Context.instance().socket(zmq.ROUTER) as silent:
+        silent.setsockopt(zmq.LINGER, 0)
+        port = silent.bind_to_random_port("tcp://127.0.0.1")
+        code, _, err = run(
+            capsys, "status", "--control", f"tcp://127.0.0.1:{port}", "--timeout", "0.2"
+        )
+    assert code == 3
+    assert "within 0.2s" in err
+
+
+def test_missing_config_without_control_address_is_a_usage_error(capsys, tmp_path):
+    code, _, err = run(capsys, "status", "-c", str(tmp_path / "absent.yaml"))
+    assert code == 2
+    assert "cannot read" in err
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main(["enable"]) == 2
+    assert main(["replay", "x", "--since", "last tuesday"]) == 2
+    assert main(["frobnicate"]) == 2
+    capsys.readouterr()
+
+
+def test_config_path_defaults_to_the_environment_variable(capsys, server, config, monkeypatch):
+    monkeypatch.setenv("WEBHOOK_ROUTER_CONFIG", config)
+    assert run(capsys, "status", "--json")[0] == 0
+
+
+# ---------------------------------------------------------------- addresses and times
+
+
+def test_control_address_defaults_to_the_state_dir_next_to_the_config(tmp_path):
+    (tmp_path / "a.yaml").write_text("webhooks: []\n")
+    assert control_address(str(tmp_path / "a.yaml")) == f"ipc://{tmp_path}/var/control.sock"
+
+
+def test_control_address_resolves_a_relative_ipc_bind_against_the_config_dir(tmp_path):
+    (tmp_path / "a.yaml").write_text("control: {bind: 'ipc://./run/ctl.sock'}\n")
+    assert control_address(str(tmp_path / "a.yaml")) == f"ipc://{tmp_path}/run/ctl.sock"
+
+
+def test_control_address_turns_a_wildcard_tcp_bind_into_loopback(tmp_path):
+    (tmp_path / "a.yaml").write_text("control: {bind: 'tcp://*:7000'}\n")
+    assert control_address(str(tmp_path / "a.yaml")) == "tcp://127.0.0.1:7000"
+
+
+def test_control_address_ignores_missing_secrets(tmp_path):
+    text = "state_dir: /srv/router\nwebhooks:\n  - {name: a, url: x, secret_env: UNSET_VAR}\n"
+    (tmp_path / "a.yaml").write_text(text)
+    assert control_address(str(tmp_path / "a.yaml")) == "ipc:///srv/router/control.sock"
+
+
+def test_ingest_address_reads_the_config_like_the_loader_does(tmp_path):
+    (tmp_path / "a.yaml").write_text("webhooks: []\n")
+    assert ingest_address(str(tmp_path / "a.yaml"), ack=False) == "tcp://127.0.0.1:5555"
+    assert ingest_address(str(tmp_path / "a.yaml"), ack=True) == "tcp://127.0.0.1:5556"
+    (tmp_path / "b.yaml").write_text("ingest: {bind: 'ipc://./in.sock'}\n")
+    assert ingest_address(str(tmp_path / "b.yaml"), ack=False) == f"ipc://{tmp_path}/in.sock"
+    with pytest.raises(RouterError, match=r"has no ingest\.ack_bind"):
+        ingest_address(str(tmp_path / "b.yaml"), ack=True)
+
+
+@pytest.mark.parametrize(
+    "top",
+    [
+        "",
+        "state_dir: ./s\n",
+        "state_dir: ../up\n",
+        "control: {bind: 'ipc://x/c.sock'}\n",
+        "control: {bind: 'tcp://127.0.0.1:7001'}\n",
+    ],
+)
+def test_control_address_agrees_with_the_full_config_loader(tmp_path, top):
+    path = tmp_path / "conf" / "router.yaml"
+    path.parent.mkdir()
+    path.write_text(top + VALID.split("\n", 1)[1])
+    assert control_address(str(path)) == load_config(str(path)).control_bind
+
+
+def test_since_takes_durations_and_iso_times():
+    now = 1_000_000.0
+    assert parse_since("2h", now) == now - 7200
+    assert parse_since("30m", now) == now - 1800
+    assert parse_since("90", now) == now - 90
+    assert (
+        parse_since("2026-11-27T16:38:33Z")
+        == datetime(2026, 11, 27, 16, 38, 33, tzinfo=UTC).timestamp()
+    )
+
+
+# ---------------------------------------------------------------- send
+
+
+def test_send_pushes_one_msgpack_map_to_the_address(capsys):
+    with zmq.Context.instance().socket(zmq.PULL) as pull:
+        pull.setsockopt(zmq.LINGER, 0)
+        port = pull.bind_to_random_port("tcp://127.0.0.1")
+        argv = "send TODO_CREATED --project p1 --company acme --id e1 --timestamp 1700000000"
+        argv = [
+            *argv.split(),
+            "--data",
+            '{"title": "x", "n": 2}',
+            "--to",
+            f"tcp://127.0.0.1:{port}",
+        ]
+        code, out, _ = run(capsys, *argv)
+        assert code == 0
+        assert out.startswith("sent")
+        assert pull.poll(5000)
+        frame = pull.recv()
+    assert msgpack.unpackb(frame) == {
+        "type": "TODO_CREATED",
+        "project": "p1",
+        "company": "acme",
+        "id": "e1",
+        "data": {"title": "x", "n": 2},
+        "timestamp": 1_700_000_000.0,
+    }
+
+
+def test_send_with_ack_prints_the_routers_answer(capsys):
+    with zmq.Context.instance().socket(zmq.ROUTER) as router:
+        router.setsockopt(zmq.LINGER, 0)
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+
+        def answer():
+            if router.poll(5000):
+                *envelope, body = router.recv_multipart()
+                event = msgpack.unpackb(body)
+                reply = (
+                    {"ok": False, "error": "bad_type: no"}
+                    if event["type"] == "BAD"
+                    else {"ok": True, "id": event["id"]}
+                )
+                router.send_multipart([*envelope, msgpack.packb(reply)])
+
+        for event_type, expected in (
+            ("GOOD", (0, "ok e9\n")),
+            ("BAD", (1, "error bad_type: no\n")),
+        ):
+            responder = threading.Thread(target=answer)
+            responder.start()
+            code, out, _ = run(
+                capsys, "send", event_type, "--id", "e9", "--ack", "--to", f"tcp://127.0.0.1:{port}"
+            )
+            responder.join(5)
+            assert (code, out) == expected
+
+
+def test_send_with_nobody_answering_exits_3(capsys):
+    with zmq.Context.instance().socket(zmq.ROUTER) as silent:
+        silent.setsockopt(zmq.LINGER, 0)
+        port = silent.bind_to_random_port("tcp://127.0.0.1")
+        code, _, err = run(
+            capsys, "send", "X", "--ack", "--timeout", "0.2", "--to", f"tcp://127.0.0.1:{port}"
+        )
+    assert code == 3
+    assert err.startswith("error: no answer from")
+
+
+def test_send_rejects_data_that_is_not_a_json_object(capsys):
+    assert main(["send", "X", "--data", "[1, 2]", "--to", "tcp://127.0.0.1:1"]) == 2
+    assert "must be a JSON object" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- logging
+
+
+@pytest.fixture
+def root_logger():
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    yield root
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
+def test_run_logs_without_timestamps_under_journald(capsys, monkeypatch, root_logger):
+    monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
+    setup_logging("info")
+    logging.getLogger("router.x").info("hello")
+    logging.getLogger("router.x").debug("hidden")
+    assert capsys.readouterr().err == "INFO router.x: hello\n"
+
+
+def test_run_logs_with_iso_timestamps_elsewhere(capsys, monkeypatch, root_logger):
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    setup_logging("DEBUG")
+    logging.getLogger("router.x").debug("hello")
+    stamp, rest = capsys.readouterr().err.split(" ", 1)
+    assert rest == "DEBUG router.x: hello\n"
+    assert abs(datetime.fromisoformat(stamp).timestamp() - time.time()) < 60
+
+
+# ---------------------------------------------------------------- listen
+
+
+def test_signature_check_accepts_any_matching_secret_and_refuses_stale_ones():
+    other = "whsec_" + base64.b64encode(b"another secret, another day....").decode()
+    now = int(time.time())
+    body = b'{"id":"e1"}'
+    sig = Webhook(other).sign("e1", datetime.fromtimestamp(now, UTC), body.decode())
+    headers = {"webhook-id": "e1", "webhook-timestamp": str(now), "webhook-signature": sig}
+    keys = [base64.b64decode(s.removeprefix("whsec_")) for s in (SECRET, other)]
+    assert verify_signature(headers, body, keys, now) == "signature ok"
+    assert verify_signature(headers, body, keys[:1], now) == "signature BAD"
+    assert verify_signature(headers, body + b" ", keys, now) == "signature BAD"
+    assert verify_signature(headers, body, keys, now + 301).startswith("signature BAD")
+    assert verify_signature({}, body, keys, now) == "unsigned"
+
+
+class Listener:
+    """``python -m router listen 0`` in a subprocess, its output lines in queues."""
+
+    def __init__(self, *args: str):
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "router", "listen", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.out: queue.Queue[str] = queue.Queue()
+        self.err: queue.Queue[str] = queue.Queue()
+        for stream, q in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
+            threading.Thread(
+                target=lambda s=stream, q=q: [q.put(x) for x in s], daemon=True
+            ).start()
+        first = self.err.get(timeout=10)
+        assert first.startswith("listening on http://127.0.0.1:"), first
+        self.url = first.split()[2]
+
+    def post(self, body: bytes, headers: dict[str, str]) -> int:
+        request = urllib.request.Request(self.url + "hook", data=body, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(10)
+
+
+@pytest.fixture
+def listener(request):
+    started = []
+
+    def start(*args: str) -> Listener:
+        started.append(Listener(*args))
+        return started[-1]
+
+    yield start
+    for one in started:
+        if one.proc.poll() is None:
+            one.proc.kill()
+            one.proc.wait(5)
+
+
+def signed(body: str, msg_id: str = "01HEVENT", secret: str = SECRET) -> dict[str, str]:
+    now = datetime.now(UTC)
+    return {
+        "Content-Type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, now, body),
+        "webhook-attempt": "1",
+    }
+
+
+def test_listen_prints_each_delivery_with_its_signature_verdict(listener):
+    hook = listener("--secret", SECRET)
+    body = '{"id":"01HEVENT","type":"TODO_CREATED","data":{},"webhook":"crm-sync"}'
+    assert hook.post(body.encode(), signed(body)) == 200
+    line = hook.out.get(timeout=5)
+    assert line.split()[1:5] == ["crm-sync", "TODO_CREATED", "01HEVENT", "attempt=1"]
+    assert line.rstrip().endswith("signature ok")
+
+    headers = signed(body)
+    headers["webhook-signature"] = "v1," + base64.b64encode(b"x" * 32).decode()
+    assert hook.post(body.encode(), headers) == 200
+    assert "signature BAD" in hook.out.get(timeout=5)
+
+    assert hook.post(body.encode(), {"Content-Type": "application/json"}) == 200
+    assert hook.out.get(timeout=5).rstrip().endswith("unsigned")
+
+    assert hook.stop() == 0
+    lines = [hook.err.get(timeout=5)]
+    while lines[-1] != "stopped\n":
+        lines.append(hook.err.get(timeout=5))
+    assert not any("Traceback" in line for line in lines)
+
+
+def test_listen_replies_with_the_requested_status(listener):
+    hook = listener("--status", "503")
+    assert hook.post(b"{}", {"Content-Type": "application/json"}) == 503
+    assert hook.out.get(timeout=5)
+    assert hook.stop() == 0
