@@ -670,7 +670,8 @@ def _per_webhook(node: yaml.Node, f: _File, path: str) -> None:
     raise _Invalid("cannot be set in defaults; set it on each webhook")
 
 
-DEFAULTS = {**{k: Key(_per_webhook) for k in WEBHOOK}, **TUNABLES}
+_SECRETS = {k: WEBHOOK[k] for k in _SECRET_KEYS}  # a shared secret may come from defaults
+DEFAULTS = {**{k: Key(_per_webhook) for k in WEBHOOK}, **TUNABLES, **_SECRETS}
 CURVE = {
     "secret_key_file": Key(_existing(os.path.isfile, "file"), required=True),
     "authorized_keys_dir": Key(_existing(os.path.isdir, "directory"), required=True),
@@ -716,9 +717,13 @@ def _webhook(f: _File, path: str, w: _Map, defaults: _Map) -> WebhookConfig:
     merged = {**defaults, **w}
     retry, health = ({**defaults.get(k, {}), **w.get(k, {})} for k in ("retry", "health"))
     secret_keys = [k for k in _SECRET_KEYS if k in w.keys_at]
+    secret_from = w
+    if not secret_keys:
+        secret_keys = [k for k in _SECRET_KEYS if k in defaults]
+        secret_from = defaults
     if len(secret_keys) > 1:
         found = ", ".join(secret_keys)
-        f.error(w.keys_at[secret_keys[1]], _join(path, secret_keys[1]),
+        f.error(secret_from.keys_at[secret_keys[1]], _join(path, secret_keys[1]),
                 f"set only one of secret, secret_env, secret_file (found {found})")  # fmt: skip
     if (signature := merged.get("signature", "standard")) != "none" and not secret_keys:
         f.error(w.node, _join(path, "secret"), f"is required for signature {signature!r}: "
@@ -735,7 +740,7 @@ def _webhook(f: _File, path: str, w: _Map, defaults: _Map) -> WebhookConfig:
         name=w.get("name", ""),
         url=w.get("url", ""),
         rules=tuple(w.get("match", ())) or (_rule_from(w, f.source(w.node)),),
-        secrets=next((w[k] for k in secret_keys if k in w), ()),
+        secrets=next((secret_from[k] for k in secret_keys if k in secret_from), ()),
         retry=RetryConfig(**retry),
         health=HealthConfig(**health),
         source=f.source(w.node),

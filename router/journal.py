@@ -224,6 +224,10 @@ class Journal:
                 "journal writer still busy after %.1fs; leaving it (SQLite stays safe)", timeout
             )
 
+    def alive(self) -> bool:
+        """The writer thread is running (for /healthz)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def backlog(self) -> int:
         """Messages submitted but not yet written: lets producers apply back-pressure."""
         return self._inbox.qsize()

@@ -187,12 +187,23 @@ def test_identity_and_subscription_keys_cannot_be_defaults():
         defaults:
           url: https://x.example/
           events: [A]
-          secret: hunter2
     """) == [
         "router.yaml:2: defaults.url: cannot be set in defaults; set it on each webhook",
         "router.yaml:3: defaults.events: cannot be set in defaults; set it on each webhook",
-        "router.yaml:4: defaults.secret: cannot be set in defaults; set it on each webhook",
     ]
+
+
+def test_a_shared_secret_in_defaults_signs_every_webhook_that_has_none():
+    config = load_text("""
+        defaults:
+          secret: whsec_c2hhcmVk
+        webhooks:
+          - {name: a, url: "https://a.example/"}
+          - {name: b, url: "https://b.example/", secret: own-secret}
+    """)
+    a, b = config.webhooks
+    assert a.secrets == (b"shared",)
+    assert b.secrets == (b"own-secret",)
 
 
 # --------------------------------------------------------------------------- durations and sizes

@@ -1,0 +1,500 @@
+"""Wiring: start order, the main loop (signals, reload, watchdog), stop order.
+
+Start: journal, scheduler, delivery pool, supervisors, filter, receiver, then the
+control socket and metrics. Stop in reverse: receiver first (no new events),
+filter (routes what it holds), supervisors drain their in-flight attempts within
+``shutdown_timeout``, then the pool, scheduler and journal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from router import ConfigError, RouterError, __version__, config, metrics
+from router.clock import Clock
+from router.config import Config, WebhookConfig
+from router.control import ControlServer
+from router.delivery import DeliveryPool
+from router.envelope import new_id
+from router.filter import Filter, FilterActor, Route, Swap
+from router.journal import Journal
+from router.messages import Accepted, Append, Cancel, Committed, Delivery
+from router.metrics import MetricsServer
+from router.receiver import AckChannel, Bind, Receiver
+from router.supervisor import (
+    QUEUE_LIMIT,
+    Disable,
+    Drain,
+    Enable,
+    Enqueue,
+    Reconfigure,
+    Replay,
+    Restored,
+    Snapshot,
+    Supervisor,
+    Wiring,
+)
+
+log = logging.getLogger(__name__)
+
+ASK_TIMEOUT = 5.0
+ACTOR_STACK = 256 * 1024  # idle supervisors must cost next to nothing
+
+
+def sd_notify(*lines: str) -> None:
+    """Tell systemd (Type=notify) how we are doing; a no-op outside systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(path)
+            s.sendall("\n".join(lines).encode())
+    except OSError as e:
+        log.warning("sd_notify failed: %s", e)
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    ok: bool
+    errors: tuple[str, ...] = ()
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+
+
+class App:
+    """The running daemon: owns every part and the registry of supervisors."""
+
+    def __init__(self, cfg: Config, clock: Clock | None = None):
+        self.config = cfg
+        self.clock = clock or Clock()
+        self.started_at = time.monotonic()
+        self.supervisors: dict[str, pykka.ActorRef] = {}
+        self._reload_lock = threading.Lock()
+        self.channel = AckChannel()
+        self.journal = Journal(
+            os.path.join(cfg.state_dir, "journal.db"),
+            self.clock,
+            cfg.retention,
+            on_commit=self._committed,
+            on_error=self._journal_failed,
+        )
+        self.pool = DeliveryPool(cfg.delivery_workers, self.clock)
+        from router.scheduler import Scheduler
+
+        self.scheduler = Scheduler(self.clock)
+        self.wiring = Wiring(
+            self.pool, self.journal, self.scheduler, self.clock, lambda: new_id(self.clock)
+        )
+        self.filter: pykka.ActorRef | None = None
+        self.receiver: pykka.ActorRef | None = None
+        self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
+
+    # ------------------------------------------------------------------ start / stop
+
+    def start(self) -> None:
+        cfg = self.config
+        os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
+        self.journal.open()
+        restored = self.journal.load([w.name for w in cfg.webhooks], QUEUE_LIMIT)
+        self.journal.start()
+        self.scheduler.start()
+        self.pool.start()
+        self._start_supervisors(cfg.webhooks, restored)
+        self.filter = FilterActor.start(Filter.from_config(cfg), self.journal.submit)
+        self.receiver = Receiver.start(cfg.ingest, self._route, self.channel, self.clock)
+        error = self.receiver.ask(Bind(), timeout=ASK_TIMEOUT)
+        if error:
+            raise RouterError(f"cannot open the ingest sockets: {error}")
+        for addr in (cfg.ingest.bind, cfg.ingest.ack_bind):
+            if addr and addr.startswith("tcp://") and cfg.ingest.curve is None:
+                host = addr[6:].rsplit(":", 1)[0]
+                if host not in ("127.0.0.1", "localhost", "[::1]", "::1"):
+                    log.warning("ingest %s is reachable from the network without CURVE", addr)
+        self.control = ControlServer(cfg.control_bind, self)
+        self.control.start()
+        if cfg.metrics_bind:
+            self.metrics = MetricsServer(cfg.metrics_bind, self)
+            self.metrics.start()
+        log.info(
+            "webhook-router %s started: %d webhooks, ingest %s, control %s",
+            __version__, len(cfg.webhooks),
+            ", ".join(a for a in (cfg.ingest.bind, cfg.ingest.ack_bind) if a),
+            cfg.control_bind,
+        )
+
+    def _start_supervisors(self, webhooks: Iterable[WebhookConfig], restored: dict) -> None:
+        old = threading.stack_size(ACTOR_STACK)
+        try:
+            new = dict(self.supervisors)
+            for w in webhooks:
+                r = restored.get(w.name)
+                state = Restored(r.state, tuple(r.pending), r.queued) if r else Restored()
+                new[w.name] = Supervisor.start(w, state, self.wiring)
+            self.supervisors = new
+        finally:
+            threading.stack_size(old)
+
+    def stop(self) -> None:
+        sd_notify("STOPPING=1")
+        log.info("stopping: no new events; draining in-flight attempts")
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        if self.receiver:
+            _stop(self.receiver, "receiver")
+        if self.filter:
+            _stop(self.filter, "filter")
+        for ref in self.supervisors.values():
+            _tell(ref, Drain())
+        busy = self._wait_drained(deadline)
+        if busy:
+            log.warning("shutdown_timeout reached with %d attempts in flight; they stay pending "
+                        "and go out after the next start", busy)
+        for name, ref in self.supervisors.items():
+            _stop(ref, f"supervisor {name}", block=False)
+        for ref in self.supervisors.values():
+            with _quiet():
+                ref.actor_stopped.wait(ASK_TIMEOUT)
+        self.pool.stop(max(0.0, deadline - time.monotonic()))
+        self.scheduler.stop()
+        if self.control:
+            self.control.stop()
+        if self.metrics:
+            self.metrics.stop()
+        self.journal.stop()
+        self.channel.close()
+        alive = pykka.ActorRegistry.get_all()
+        if alive:
+            log.error("actors still alive after stop: %s", [a.actor_class.__name__ for a in alive])
+            pykka.ActorRegistry.stop_all(block=True, timeout=ASK_TIMEOUT)
+        log.info("stopped")
+
+    def _wait_drained(self, deadline: float) -> int:
+        busy = 0
+        while True:
+            snaps = self._snapshots()
+            busy = sum(s.get("in_flight", 0) for s in snaps)
+            if busy == 0 or time.monotonic() >= deadline:
+                return busy
+            time.sleep(0.05)
+
+    # ------------------------------------------------------------------ data path
+
+    def _route(self, items: tuple[Accepted, ...]) -> None:
+        """Receiver → filter (called on the receiver's thread)."""
+        self.filter.tell(Route(items))
+
+    def _committed(self, committed: list[Committed]) -> None:
+        """Journal → supervisors and acks (called on the journal's thread after commit)."""
+        by_webhook: dict[str, list[Delivery]] = defaultdict(list)
+        duplicates = 0
+        for c in committed:
+            if c.seq is None:
+                duplicates += 1
+                log.info("event %s is a duplicate: acked, not delivered again", c.item.event.id)
+                continue
+            for name in c.item.targets:
+                by_webhook[name].append(Delivery(c.seq, c.item.event.payload))
+        if duplicates:
+            metrics.EVENTS_DUPLICATE.inc(duplicates)
+        supervisors = self.supervisors
+        for name, deliveries in by_webhook.items():
+            ref = supervisors.get(name)
+            if ref is None or not _tell(ref, Enqueue(tuple(deliveries))):
+                self.journal.submit(Cancel(name))  # routed just before the webhook was removed
+        self.channel.committed(committed)
+
+    def _journal_failed(self, append: Append, reason: str) -> None:
+        self.channel.failed(append.items, f"journal: {reason}")
+
+    # ------------------------------------------------------------------ reload
+
+    def reload(self) -> dict:
+        with self._reload_lock:
+            r = self._reload()
+        return {"ok": r.ok, "errors": list(r.errors), "added": list(r.added),
+                "removed": list(r.removed), "changed": list(r.changed)}
+
+    def _reload(self) -> ReloadResult:
+        sd_notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            new = config.load(self.config.path)
+        except ConfigError as e:
+            metrics.CONFIG_RELOAD_FAILURES.inc()
+            for line in e.errors:
+                log.error("reload refused: %s", line)
+            log.error("reload refused: the old configuration keeps running")
+            sd_notify("READY=1", "STATUS=reload refused: invalid config")
+            return ReloadResult(False, tuple(e.errors))
+        old = self.config
+        for key in ("state_dir", "ingest", "control_bind", "metrics_bind", "delivery_workers"):
+            if getattr(old, key) != getattr(new, key):
+                log.warning("reload: %s changed; that takes effect after a restart", key)
+        before = {w.name: w for w in old.webhooks}
+        after = {w.name: w for w in new.webhooks}
+        added = [w for n, w in after.items() if n not in before]
+        removed = [n for n in before if n not in after]
+        changed = [w for n, w in after.items() if n in before and before[n] != w]
+        # Added supervisors exist before the new filter routes to them.
+        self._start_supervisors(added, {})
+        self.filter.tell(Swap(Filter.from_config(new)))
+        for w in changed:
+            _tell(self.supervisors[w.name], Reconfigure(w))
+        remaining = dict(self.supervisors)
+        for name in removed:
+            ref = remaining.pop(name)
+            self.journal.submit(Cancel(name))
+            _stop(ref, f"supervisor {name}", block=False)
+        self.supervisors = remaining
+        self.config = _with_runtime(new, old)
+        metrics.CONFIG_RELOADS.inc()
+        log.info("reloaded: %d added %s, %d removed %s, %d changed %s",
+                 len(added), [w.name for w in added], len(removed), removed,
+                 len(changed), [w.name for w in changed])
+        sd_notify("READY=1", f"STATUS={len(new.webhooks)} webhooks")
+        return ReloadResult(True, (), tuple(w.name for w in added), tuple(removed),
+                            tuple(w.name for w in changed))
+
+    # ------------------------------------------------------------------ control
+
+    def _ref(self, name: str) -> pykka.ActorRef:
+        ref = self.supervisors.get(name)
+        if ref is None:
+            raise RouterError(f"no webhook named '{name}'")
+        return ref
+
+    def _snapshots(self) -> list[dict]:
+        refs = list(self.supervisors.items())
+        futures = []
+        for name, ref in refs:
+            try:
+                futures.append((name, ref.ask(Snapshot(), block=False)))
+            except pykka.ActorDeadError:
+                futures.append((name, None))
+        deadline = time.monotonic() + ASK_TIMEOUT
+        out = []
+        for name, f in futures:
+            try:
+                if f is None:
+                    raise pykka.ActorDeadError(name)
+                out.append(f.get(timeout=max(0.0, deadline - time.monotonic())))
+            except Exception as e:  # noqa: BLE001 — one stuck supervisor must not hide the rest
+                out.append({"name": name, "state": "unknown", "health": "UNKNOWN",
+                            "error": type(e).__name__})
+        return out
+
+    def status(self) -> dict:
+        def count(name: str) -> int:
+            return int(metrics.REGISTRY.get_sample_value(name) or 0)
+
+        rejected = sum(
+            s.value
+            for m in metrics.EVENTS_REJECTED.collect()
+            for s in m.samples
+            if s.name.endswith("_total")
+        )
+        return {
+            "version": __version__,
+            "uptime": round(time.monotonic() - self.started_at, 3),
+            "webhooks": self._snapshots(),
+            "events": {
+                "received": count("events_received_total"),
+                "rejected": int(rejected),
+                "duplicates": count("events_duplicate_total"),
+            },
+        }
+
+    def enable(self, name: str) -> dict:
+        ref = self._ref(name)
+        future = ref.ask(Enable(), timeout=ASK_TIMEOUT)
+        wait = self.config_for(name).timeout * 2 + ASK_TIMEOUT
+        try:
+            return future.get(timeout=wait)
+        except pykka.Timeout:
+            raise RouterError(f"webhook '{name}': no health check answer within {wait:.0f}s")
+
+    def disable(self, name: str) -> dict:
+        return self._ref(name).ask(Disable(), timeout=ASK_TIMEOUT)
+
+    def replay(self, name: str, since: float | None, failed_only: bool) -> dict:
+        future = self._ref(name).ask(Replay(since, failed_only), timeout=ASK_TIMEOUT)
+        return future.get(timeout=60)
+
+    def attempts(self, name: str, limit: int) -> list[dict]:
+        self._ref(name)
+        from router.journal import attempts
+
+        conn = self.journal.reader()
+        try:
+            return attempts(conn, name, limit)
+        finally:
+            conn.close()
+
+    def healthy(self) -> bool:
+        return all(
+            r is not None and r.is_alive() for r in (self.receiver, self.filter)
+        ) and self.journal.alive()
+
+    def config_for(self, name: str) -> WebhookConfig:
+        for w in self.config.webhooks:
+            if w.name == name:
+                return w
+        raise RouterError(f"no webhook named '{name}'")
+
+    # ------------------------------------------------------------------ main loop
+
+    def serve(self) -> None:
+        """Run until SIGTERM/SIGINT; SIGHUP reloads. Signal handlers only record and wake."""
+        rsock, wsock = socket.socketpair()
+        rsock.setblocking(False)
+        wsock.setblocking(False)
+        pending: list[int] = []
+
+        def record(signum: int, _frame: Any) -> None:
+            pending.append(signum)
+
+        old_fd = signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
+        handlers = {s: signal.signal(s, record) for s in (signal.SIGHUP, signal.SIGTERM,
+                                                          signal.SIGINT)}
+        watchdog = _watchdog_interval()
+        sd_notify("READY=1", f"STATUS={len(self.config.webhooks)} webhooks")
+        try:
+            while True:
+                import select
+
+                select.select([rsock], [], [], watchdog or 5.0)
+                with _quiet():
+                    while rsock.recv(4096):
+                        pass
+                if watchdog:
+                    sd_notify("WATCHDOG=1")
+                while pending:
+                    signum = pending.pop(0)
+                    if signum == signal.SIGHUP:
+                        log.info("SIGHUP: reloading %s", self.config.path)
+                        self.reload()
+                    else:
+                        log.info("%s: shutting down", signal.Signals(signum).name)
+                        return
+                self._check_actors()
+        finally:
+            signal.set_wakeup_fd(old_fd)
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            rsock.close()
+            wsock.close()
+
+    def _check_actors(self) -> None:
+        """An actor that died anyway is noticed, logged and restarted."""
+        if self.filter is not None and not self.filter.is_alive():
+            log.error("filter actor died; restarting it")
+            self.filter = FilterActor.start(Filter.from_config(self.config), self.journal.submit)
+        dead = [n for n, r in self.supervisors.items() if not r.is_alive()]
+        if dead:
+            log.error("supervisors died: %s; restarting them from the journal", dead)
+            conn = self.journal.reader()
+            try:
+                counts = dict(conn.execute(
+                    "SELECT webhook, count(*) FROM deliveries WHERE state='pending' GROUP BY webhook"
+                ).fetchall())
+            finally:
+                conn.close()
+            webhooks = [w for w in self.config.webhooks if w.name in dead]
+            restored = {n: _Restart(counts.get(n, 0)) for n in dead}
+            self._start_supervisors(webhooks, restored)
+
+
+@dataclass(frozen=True, slots=True)
+class _Restart:
+    """A dead supervisor's replacement: state unknown in memory, reload everything pending."""
+
+    queued: int
+    pending: tuple = ()
+
+    @property
+    def state(self):
+        from router.messages import WebhookState
+
+        return WebhookState()
+
+
+def _with_runtime(new: Config, old: Config) -> Config:
+    """Parts that only a restart changes keep their running values."""
+    from dataclasses import replace
+
+    return replace(new, state_dir=old.state_dir, ingest=old.ingest, control_bind=old.control_bind,
+                   metrics_bind=old.metrics_bind, delivery_workers=old.delivery_workers)
+
+
+def _tell(ref: pykka.ActorRef, message: Any) -> bool:
+    try:
+        ref.tell(message)
+        return True
+    except pykka.ActorDeadError:
+        return False
+
+
+def _stop(ref: pykka.ActorRef, what: str, block: bool = True) -> None:
+    try:
+        ref.stop(block=block, timeout=ASK_TIMEOUT) if block else ref.stop(block=False)
+    except pykka.ActorDeadError:
+        pass
+    except pykka.Timeout:
+        log.error("%s did not stop within %ss", what, ASK_TIMEOUT)
+
+
+class _quiet:
+    """Suppress the errors that stopping and non-blocking reads raise."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, e, tb):
+        return et is not None and issubclass(et, OSError | pykka.ActorDeadError | pykka.Timeout)
+
+
+def _watchdog_interval() -> float | None:
+    usec = os.environ.get("WATCHDOG_USEC")
+    if not usec:
+        return None
+    pid = os.environ.get("WATCHDOG_PID")
+    if pid and int(pid) != os.getpid():
+        return None
+    return int(usec) / 2e6
+
+
+def run(config_path: str) -> int:
+    """The daemon: load, start, serve until stopped. Returns the exit code."""
+    try:
+        cfg = config.load(config_path)
+    except ConfigError as e:
+        for line in e.errors:
+            log.error("%s", line)
+        log.error("refusing to start: %s is invalid", config_path)
+        return 1
+    app = App(cfg)
+    try:
+        app.start()
+    except RouterError as e:
+        log.error("cannot start: %s", e)
+        app.stop()
+        return 1
+    try:
+        app.serve()
+    finally:
+        app.stop()
+    return 0

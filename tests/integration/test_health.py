@@ -1,0 +1,58 @@
+"""Five failures disable a webhook; its events are held; `enable` health-checks and flushes."""
+
+from tests.integration.conftest import Reply, wait_until
+
+
+def test_exhausted_webhook_holds_events_until_a_health_check_passes(hooks, daemon_factory):
+    hooks.default("/h", Reply(500))
+    d = daemon_factory([{"name": "h", "url": hooks.url("/h"),
+                         "retry": {"attempts": 5, "backoff": ["20ms"]}}]).start()
+    d.send({"type": "T", "id": "first"})
+    w = wait_until(lambda: d.webhook("h")["state"] == "disabled" and d.webhook("h"),
+                   what="the webhook disabled after five failures")
+    assert len(hooks.at("/h")) == 5
+    assert (w["health"], w["failed"], w["consecutive_failures"]) == ("UNHEALTHY", 1, 5)
+    assert w["last_error"] == "HTTP 500"
+
+    # New events are held, not attempted and not dropped.
+    for i in range(3):
+        assert d.send({"type": "T", "id": f"held{i}"})["ok"] is True
+    wait_until(lambda: d.webhook("h")["queued"] == 3, what="3 held deliveries")
+    assert len(hooks.at("/h")) == 5
+
+    # A failing health check keeps it disabled.
+    proc = d.cli("enable", "h")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert hooks.at("/h", "WEBHOOK_HEALTH_CHECK")
+    assert d.webhook("h")["state"] == "disabled"
+
+    # A passing one enables it and flushes the exhausted and held events, oldest first.
+    hooks.default("/h", Reply(200))
+    proc = d.cli("enable", "h")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    wait_until(lambda: len(hooks.ids("/h", "T")) == 5 + 4, what="the flush")
+    assert hooks.ids("/h", "T")[5:] == ["first", "held0", "held1", "held2"]
+    w = wait_until(lambda: d.webhook("h")["queued"] == 0 and d.webhook("h"), what="empty queue")
+    assert (w["state"], w["health"], w["delivered"]) == ("active", "HEALTHY", 4)
+
+
+def test_disable_by_hand_holds_deliveries(hooks, daemon_factory):
+    d = daemon_factory([{"name": "m", "url": hooks.url("/m")}]).start()
+    assert d.cli("disable", "m").returncode == 0
+    d.send({"type": "T", "id": "kept"})
+    wait_until(lambda: d.webhook("m")["queued"] == 1, what="a held delivery")
+    assert hooks.at("/m") == []
+    assert d.cli("enable", "m").returncode == 0
+    wait_until(lambda: hooks.ids("/m", "T") == ["kept"], what="the held delivery")
+
+
+def test_held_deliveries_survive_a_restart(hooks, daemon_factory):
+    d = daemon_factory([{"name": "m", "url": hooks.url("/m")}]).start()
+    assert d.cli("disable", "m").returncode == 0
+    d.send({"type": "T", "id": "kept"})
+    assert d.stop() == 0
+    d.start()
+    w = d.webhook("m")
+    assert (w["state"], w["queued"]) == ("disabled", 1)
+    assert d.cli("enable", "m").returncode == 0
+    wait_until(lambda: hooks.ids("/m", "T") == ["kept"], what="the held delivery")
