@@ -8,15 +8,17 @@ filter (routes what it holds), supervisors drain their in-flight attempts within
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import signal
 import socket
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pykka
@@ -28,10 +30,11 @@ from router.control import ControlServer
 from router.delivery import DeliveryPool
 from router.envelope import new_id
 from router.filter import Filter, FilterActor, Route, Swap
-from router.journal import Journal
-from router.messages import Accepted, Append, Cancel, Committed, Delivery
+from router.journal import Journal, attempts, saved_states, unfinished
+from router.messages import Accepted, Append, Cancel, Committed, Delivery, WebhookState
 from router.metrics import MetricsServer
 from router.receiver import AckChannel, Bind, Receiver
+from router.scheduler import Scheduler
 from router.supervisor import (
     QUEUE_LIMIT,
     Disable,
@@ -94,8 +97,6 @@ class App:
             on_error=self._journal_failed,
         )
         self.pool = DeliveryPool(cfg.delivery_workers, self.clock)
-        from router.scheduler import Scheduler
-
         self.scheduler = Scheduler(self.clock)
         self.wiring = Wiring(
             self.pool, self.journal, self.scheduler, self.clock, lambda: new_id(self.clock)
@@ -133,7 +134,8 @@ class App:
             self.metrics.start()
         log.info(
             "webhook-router %s started: %d webhooks, ingest %s, control %s",
-            __version__, len(cfg.webhooks),
+            __version__,
+            len(cfg.webhooks),
             ", ".join(a for a in (cfg.ingest.bind, cfg.ingest.ack_bind) if a),
             cfg.control_bind,
         )
@@ -162,13 +164,15 @@ class App:
             _tell(ref, Drain())
         busy = self._wait_drained(deadline)
         if busy:
-            log.warning("shutdown_timeout reached with %d attempts in flight; they stay pending "
-                        "and go out after the next start", busy)
+            log.warning(
+                "shutdown_timeout reached with %d attempts in flight; they stay pending "
+                "and go out after the next start",
+                busy,
+            )
         for name, ref in self.supervisors.items():
             _stop(ref, f"supervisor {name}", block=False)
         for ref in self.supervisors.values():
-            with _quiet():
-                ref.actor_stopped.wait(ASK_TIMEOUT)
+            ref.actor_stopped.wait(ASK_TIMEOUT)
         self.pool.stop(max(0.0, deadline - time.monotonic()))
         self.scheduler.stop()
         if self.control:
@@ -226,8 +230,13 @@ class App:
     def reload(self) -> dict:
         with self._reload_lock:
             r = self._reload()
-        return {"ok": r.ok, "errors": list(r.errors), "added": list(r.added),
-                "removed": list(r.removed), "changed": list(r.changed)}
+        return {
+            "ok": r.ok,
+            "errors": list(r.errors),
+            "added": list(r.added),
+            "removed": list(r.removed),
+            "changed": list(r.changed),
+        }
 
     def _reload(self) -> ReloadResult:
         sd_notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
@@ -262,12 +271,19 @@ class App:
         self.supervisors = remaining
         self.config = _with_runtime(new, old)
         metrics.CONFIG_RELOADS.inc()
-        log.info("reloaded: %d added %s, %d removed %s, %d changed %s",
-                 len(added), [w.name for w in added], len(removed), removed,
-                 len(changed), [w.name for w in changed])
+        log.info(
+            "reloaded: %d added %s, %d removed %s, %d changed %s",
+            len(added),
+            [w.name for w in added],
+            len(removed),
+            removed,
+            len(changed),
+            [w.name for w in changed],
+        )
         sd_notify("READY=1", f"STATUS={len(new.webhooks)} webhooks")
-        return ReloadResult(True, (), tuple(w.name for w in added), tuple(removed),
-                            tuple(w.name for w in changed))
+        return ReloadResult(
+            True, (), tuple(w.name for w in added), tuple(removed), tuple(w.name for w in changed)
+        )
 
     # ------------------------------------------------------------------ control
 
@@ -292,9 +308,15 @@ class App:
                 if f is None:
                     raise pykka.ActorDeadError(name)
                 out.append(f.get(timeout=max(0.0, deadline - time.monotonic())))
-            except Exception as e:  # noqa: BLE001 — one stuck supervisor must not hide the rest
-                out.append({"name": name, "state": "unknown", "health": "UNKNOWN",
-                            "error": type(e).__name__})
+            except Exception as e:  # one stuck supervisor must not hide the rest
+                out.append(
+                    {
+                        "name": name,
+                        "state": "unknown",
+                        "health": "UNKNOWN",
+                        "error": type(e).__name__,
+                    }
+                )
         return out
 
     def status(self) -> dict:
@@ -325,7 +347,9 @@ class App:
         try:
             return future.get(timeout=wait)
         except pykka.Timeout:
-            raise RouterError(f"webhook '{name}': no health check answer within {wait:.0f}s")
+            raise RouterError(
+                f"webhook '{name}': no health check answer within {wait:.0f}s"
+            ) from None
 
     def disable(self, name: str) -> dict:
         return self._ref(name).ask(Disable(), timeout=ASK_TIMEOUT)
@@ -336,8 +360,6 @@ class App:
 
     def attempts(self, name: str, limit: int) -> list[dict]:
         self._ref(name)
-        from router.journal import attempts
-
         conn = self.journal.reader()
         try:
             return attempts(conn, name, limit)
@@ -345,9 +367,10 @@ class App:
             conn.close()
 
     def healthy(self) -> bool:
-        return all(
-            r is not None and r.is_alive() for r in (self.receiver, self.filter)
-        ) and self.journal.alive()
+        return (
+            all(r is not None and r.is_alive() for r in (self.receiver, self.filter))
+            and self.journal.alive()
+        )
 
     def config_for(self, name: str) -> WebhookConfig:
         for w in self.config.webhooks:
@@ -368,16 +391,15 @@ class App:
             pending.append(signum)
 
         old_fd = signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
-        handlers = {s: signal.signal(s, record) for s in (signal.SIGHUP, signal.SIGTERM,
-                                                          signal.SIGINT)}
+        handlers = {
+            s: signal.signal(s, record) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+        }
         watchdog = _watchdog_interval()
         sd_notify("READY=1", f"STATUS={len(self.config.webhooks)} webhooks")
         try:
             while True:
-                import select
-
                 select.select([rsock], [], [], watchdog or 5.0)
-                with _quiet():
+                with contextlib.suppress(OSError):
                     while rsock.recv(4096):
                         pass
                 if watchdog:
@@ -404,40 +426,31 @@ class App:
             log.error("filter actor died; restarting it")
             self.filter = FilterActor.start(Filter.from_config(self.config), self.journal.submit)
         dead = [n for n, r in self.supervisors.items() if not r.is_alive()]
-        if dead:
-            log.error("supervisors died: %s; restarting them from the journal", dead)
-            conn = self.journal.reader()
-            try:
-                counts = dict(conn.execute(
-                    "SELECT webhook, count(*) FROM deliveries WHERE state='pending' GROUP BY webhook"
-                ).fetchall())
-            finally:
-                conn.close()
-            webhooks = [w for w in self.config.webhooks if w.name in dead]
-            restored = {n: _Restart(counts.get(n, 0)) for n in dead}
-            self._start_supervisors(webhooks, restored)
-
-
-@dataclass(frozen=True, slots=True)
-class _Restart:
-    """A dead supervisor's replacement: state unknown in memory, reload everything pending."""
-
-    queued: int
-    pending: tuple = ()
-
-    @property
-    def state(self):
-        from router.messages import WebhookState
-
-        return WebhookState()
+        if not dead:
+            return
+        log.error("supervisors died: %s; restarting them from the journal", dead)
+        conn = self.journal.reader()
+        try:
+            counts, states = unfinished(conn), saved_states(conn)
+        finally:
+            conn.close()
+        # Nothing in memory: the new supervisor reloads every pending delivery, oldest first.
+        restored = {
+            n: Restored(states.get(n, WebhookState()), (), counts.get(n, (0, 0))[0]) for n in dead
+        }
+        self._start_supervisors([w for w in self.config.webhooks if w.name in dead], restored)
 
 
 def _with_runtime(new: Config, old: Config) -> Config:
     """Parts that only a restart changes keep their running values."""
-    from dataclasses import replace
-
-    return replace(new, state_dir=old.state_dir, ingest=old.ingest, control_bind=old.control_bind,
-                   metrics_bind=old.metrics_bind, delivery_workers=old.delivery_workers)
+    return replace(
+        new,
+        state_dir=old.state_dir,
+        ingest=old.ingest,
+        control_bind=old.control_bind,
+        metrics_bind=old.metrics_bind,
+        delivery_workers=old.delivery_workers,
+    )
 
 
 def _tell(ref: pykka.ActorRef, message: Any) -> bool:
@@ -455,16 +468,6 @@ def _stop(ref: pykka.ActorRef, what: str, block: bool = True) -> None:
         pass
     except pykka.Timeout:
         log.error("%s did not stop within %ss", what, ASK_TIMEOUT)
-
-
-class _quiet:
-    """Suppress the errors that stopping and non-blocking reads raise."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, et, e, tb):
-        return et is not None and issubclass(et, OSError | pykka.ActorDeadError | pykka.Timeout)
 
 
 def _watchdog_interval() -> float | None:

@@ -46,7 +46,7 @@ class RateLimit:
 @dataclass(frozen=True, slots=True)
 class WebhookConfig:
     name: str
-    url: str
+    url: str = field(repr=False)  # a URL may carry a token
     rules: tuple[Rule, ...] = (Rule(),)
     secrets: tuple[bytes, ...] = field(default=(), repr=False)  # signing keys, newest first
     enabled: bool = True
@@ -55,7 +55,7 @@ class WebhookConfig:
     max_in_flight: int = 4
     ordered: bool = False
     rate_limit: RateLimit | None = None
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # may hold tokens
     signature: str = "standard"  # standard | hmac-sha256-hex | none
     signature_header: str = "X-Signature"
     allow_private_networks: bool = False

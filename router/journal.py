@@ -267,11 +267,7 @@ class Journal:
                     "webhook %r is no longer configured: %d deliveries cancelled", webhook, n
                 )
                 metrics.DELIVERIES.labels(webhook, "cancelled").inc(n)
-            states = {
-                row[0]: WebhookState(*row[1:])
-                for row in conn.execute("SELECT * FROM webhooks")
-                if row[0] in known
-            }
+            states = {n: st for n, st in saved_states(conn).items() if n in known}
             out = {}
             for name in names:
                 queued, exhausted = counts.get(name, (0, 0))
@@ -581,6 +577,11 @@ def attempts(conn: sqlite3.Connection, webhook: str, limit: int) -> list[dict[st
          "error": error, "latency_ms": latency_ms, "response": response}
         for eid, seq, number, at, status, error, latency_ms, response in rows
     ]  # fmt: skip
+
+
+def saved_states(conn: sqlite3.Connection) -> dict[str, WebhookState]:
+    """Every webhook's persisted state, straight from the file."""
+    return {row[0]: WebhookState(*row[1:]) for row in conn.execute("SELECT * FROM webhooks")}
 
 
 def unfinished(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:

@@ -12,7 +12,18 @@ from dataclasses import dataclass
 from typing import Any
 
 OPERATORS = (
-    "eq", "ne", "in", "nin", "exists", "gt", "gte", "lt", "lte", "prefix", "glob", "regex",
+    "eq",
+    "ne",
+    "in",
+    "nin",
+    "exists",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
+    "prefix",
+    "glob",
+    "regex",
 )
 
 

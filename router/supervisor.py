@@ -12,6 +12,7 @@ the queue drains.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import random
@@ -563,10 +564,9 @@ class Supervisor(pykka.ThreadingActor):
         return None
 
     def _tell_self(self, message: Any) -> None:
-        try:
+        # Stopped (removed or shutting down): the journal keeps the delivery.
+        with contextlib.suppress(pykka.ActorDeadError):
             self.actor_ref.tell(message)
-        except pykka.ActorDeadError:
-            pass  # stopped (removed or shutting down): the journal keeps the delivery
 
     def _run(self, effects: list) -> None:
         w = self.wiring

@@ -26,7 +26,8 @@ def hook(**kw) -> WebhookConfig:
 ids = (f"probe{i}" for i in itertools.count())
 
 
-def core(restored=Restored(), queue_limit=100, **kw) -> WebhookCore:
+def core(restored=None, queue_limit=100, **kw) -> WebhookCore:
+    restored = restored or Restored()
     return WebhookCore(hook(**kw), restored, 0.0, lambda: next(ids), lambda: 0.5, queue_limit)
 
 

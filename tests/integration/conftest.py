@@ -79,7 +79,7 @@ class HookServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802 — http.server's naming
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = self.rfile.read(length)
                 reply = server._record(self.path, dict(self.headers), body)
@@ -114,8 +114,9 @@ class HookServer:
 
     def _record(self, path: str, headers: dict[str, str], body: bytes) -> Reply:
         with self._lock:
-            self.requests.append(Request(path, {k.lower(): v for k, v in headers.items()},
-                                         body, time.monotonic()))
+            self.requests.append(
+                Request(path, {k.lower(): v for k, v in headers.items()}, body, time.monotonic())
+            )
             queue = self._scripts.get(path)
             if queue:
                 return queue.pop(0)
@@ -123,8 +124,11 @@ class HookServer:
 
     def at(self, path: str, type_: str | None = None) -> list[Request]:
         with self._lock:
-            return [r for r in self.requests
-                    if r.path == path and (type_ is None or r.json.get("type") == type_)]
+            return [
+                r
+                for r in self.requests
+                if r.path == path and (type_ is None or r.json.get("type") == type_)
+            ]
 
     def ids(self, path: str, type_: str | None = None) -> list[str]:
         return [r.json["id"] for r in self.at(path, type_)]
@@ -157,8 +161,11 @@ class Daemon:
             "shutdown_timeout": "5s",
             "ingest": {"bind": self.pull, "ack_bind": self.ack},
             "metrics": {"bind": None},
-            "defaults": {"allow_private_networks": True, "secret": SECRET,
-                         "retry": {"attempts": 5, "backoff": ["50ms", "100ms"]}},
+            "defaults": {
+                "allow_private_networks": True,
+                "secret": SECRET,
+                "retry": {"attempts": 5, "backoff": ["50ms", "100ms"]},
+            },
             "webhooks": webhooks,
         }
         self.settings.update(top)
@@ -184,7 +191,10 @@ class Daemon:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 — closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "router", "run", "-c", str(self.config_path)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.tmp,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.tmp,
         )
         if wait_ready:
             self.wait_notified("READY=1", count=self.count_notified("READY=1") + 1)
@@ -232,8 +242,8 @@ class Daemon:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            code = self.proc.wait(5)
-            raise AssertionError(f"daemon did not stop within {timeout}s:\n{self.log()}")
+            self.proc.wait(5)
+            raise AssertionError(f"daemon did not stop within {timeout}s:\n{self.log()}") from None
         finally:
             self._log.close()
             self.proc = None
@@ -269,7 +279,10 @@ class Daemon:
     def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "router", *args, "-c", str(self.config_path)],
-            capture_output=True, text=True, timeout=timeout, cwd=self.tmp,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.tmp,
         )
 
     def status(self) -> dict:

@@ -8,10 +8,19 @@ from tests.integration.conftest import SECRET, Reply, wait_until
 
 
 def test_signed_delivery_reaches_the_webhook(hooks, daemon_factory):
-    d = daemon_factory([{"name": "crm-sync", "url": hooks.url("/crm"),
-                         "headers": {"X-Team": "blue"}}]).start()
-    ack = d.send({"type": "TODO_CREATED", "id": "evt-1", "company": "acme", "project": "p1",
-                  "timestamp": 1764261513.123, "data": {"title": "Write tests", "n": 3}})
+    d = daemon_factory(
+        [{"name": "crm-sync", "url": hooks.url("/crm"), "headers": {"X-Team": "blue"}}]
+    ).start()
+    ack = d.send(
+        {
+            "type": "TODO_CREATED",
+            "id": "evt-1",
+            "company": "acme",
+            "project": "p1",
+            "timestamp": 1764261513.123,
+            "data": {"title": "Write tests", "n": 3},
+        }
+    )
     assert ack == {"ok": True, "id": "evt-1"}
     (req,) = wait_until(lambda: hooks.at("/crm"), what="a delivery")
     assert req.body == (
@@ -32,8 +41,17 @@ def test_hex_signature_mode_signs_the_raw_body(hooks, daemon_factory):
     import hashlib
     import hmac
 
-    d = daemon_factory([{"name": "gh", "url": hooks.url("/gh"), "secret": "plain-secret",
-                         "signature": "hmac-sha256-hex", "signature_header": "X-Hub"}]).start()
+    d = daemon_factory(
+        [
+            {
+                "name": "gh",
+                "url": hooks.url("/gh"),
+                "secret": "plain-secret",
+                "signature": "hmac-sha256-hex",
+                "signature_header": "X-Hub",
+            }
+        ]
+    ).start()
     d.send({"type": "T"})
     (req,) = wait_until(lambda: hooks.at("/gh"), what="a delivery")
     expected = hmac.new(b"plain-secret", req.body, hashlib.sha256).hexdigest()
@@ -57,11 +75,13 @@ def test_failed_attempts_are_retried_with_the_same_id_and_rising_attempt(hooks, 
 
 def test_retry_after_is_honoured(hooks, daemon_factory):
     hooks.script("/ra", Reply(503, {"Retry-After": "1"}))
-    d = daemon_factory([{"name": "ra", "url": hooks.url("/ra"),
-                         "retry": {"backoff": ["50ms", "3s"]}}]).start()
+    d = daemon_factory(
+        [{"name": "ra", "url": hooks.url("/ra"), "retry": {"backoff": ["50ms", "3s"]}}]
+    ).start()
     d.send({"type": "T"})
-    first, second = wait_until(lambda: len(hooks.at("/ra")) >= 2 and hooks.at("/ra"),
-                               what="the retry")
+    first, second = wait_until(
+        lambda: len(hooks.at("/ra")) >= 2 and hooks.at("/ra"), what="the retry"
+    )
     assert second.at - first.at >= 0.95
 
 
@@ -69,18 +89,21 @@ def test_gone_disables_the_webhook_at_once(hooks, daemon_factory):
     hooks.default("/gone", Reply(410))
     d = daemon_factory([{"name": "gone", "url": hooks.url("/gone")}]).start()
     d.send({"type": "T"})
-    w = wait_until(lambda: d.webhook("gone")["state"] == "disabled" and d.webhook("gone"),
-                   what="disabled")
+    w = wait_until(
+        lambda: d.webhook("gone")["state"] == "disabled" and d.webhook("gone"), what="disabled"
+    )
     assert w["health"] == "UNHEALTHY" and w["failed"] == 1
     assert len(hooks.at("/gone")) == 1
 
 
 def test_a_slow_endpoint_does_not_delay_another_webhook(hooks, daemon_factory):
     hooks.default("/slow", Reply(200, delay=3.0))
-    d = daemon_factory([
-        {"name": "slow", "url": hooks.url("/slow"), "timeout": "10s"},
-        {"name": "fast", "url": hooks.url("/fast")},
-    ]).start()
+    d = daemon_factory(
+        [
+            {"name": "slow", "url": hooks.url("/slow"), "timeout": "10s"},
+            {"name": "fast", "url": hooks.url("/fast")},
+        ]
+    ).start()
     sent_at = time.monotonic()
     for i in range(20):
         d.send({"type": "T", "id": f"e{i}"})

@@ -5,11 +5,15 @@ from tests.integration.conftest import Reply, wait_until
 
 def test_exhausted_webhook_holds_events_until_a_health_check_passes(hooks, daemon_factory):
     hooks.default("/h", Reply(500))
-    d = daemon_factory([{"name": "h", "url": hooks.url("/h"),
-                         "retry": {"attempts": 5, "backoff": ["20ms"]}}]).start()
+    # One attempt at a time, so the order the endpoint sees is the order they were sent in.
+    webhook = {"name": "h", "url": hooks.url("/h"), "max_in_flight": 1}
+    webhook["retry"] = {"attempts": 5, "backoff": ["20ms"]}
+    d = daemon_factory([webhook]).start()
     d.send({"type": "T", "id": "first"})
-    w = wait_until(lambda: d.webhook("h")["state"] == "disabled" and d.webhook("h"),
-                   what="the webhook disabled after five failures")
+    w = wait_until(
+        lambda: d.webhook("h")["state"] == "disabled" and d.webhook("h"),
+        what="the webhook disabled after five failures",
+    )
     assert len(hooks.at("/h")) == 5
     assert (w["health"], w["failed"], w["consecutive_failures"]) == ("UNHEALTHY", 1, 5)
     assert w["last_error"] == "HTTP 500"

@@ -5,44 +5,57 @@ from tests.integration.conftest import Reply, wait_until
 
 def test_acked_events_survive_kill_9_and_go_out_after_restart(hooks, daemon_factory):
     hooks.default("/k", Reply(503))  # nothing gets through before the kill
-    d = daemon_factory([{"name": "k", "url": hooks.url("/k"),
-                         "retry": {"backoff": ["10s"]}}]).start()
+    d = daemon_factory(
+        [{"name": "k", "url": hooks.url("/k"), "retry": {"backoff": ["10s"]}}]
+    ).start()
     acked = [d.send({"type": "T", "id": f"k{i}"})["id"] for i in range(50)]
     d.kill9()
     hooks.default("/k", Reply(200))
     d.start()
-    wait_until(lambda: set(acked) <= set(hooks.ids("/k")), timeout=30,
-               what="every acked event delivered after the restart")
+    wait_until(
+        lambda: set(acked) <= set(hooks.ids("/k")),
+        timeout=30,
+        what="every acked event delivered after the restart",
+    )
 
 
 def test_sigterm_exits_zero_and_pending_deliveries_resume(hooks, daemon_factory):
     hooks.default("/t", Reply(500))
-    d = daemon_factory([{"name": "t", "url": hooks.url("/t"),
-                         "retry": {"attempts": 5, "backoff": ["2s"]}}]).start()
+    d = daemon_factory(
+        [{"name": "t", "url": hooks.url("/t"), "retry": {"attempts": 5, "backoff": ["2s"]}}]
+    ).start()
     d.send({"type": "T", "id": "resume-me"})
     wait_until(lambda: hooks.at("/t"), what="a first attempt")
     assert d.stop() == 0  # SIGTERM
     assert d.count_notified("STOPPING=1") == 1
     hooks.default("/t", Reply(200))
     d.start()
-    wait_until(lambda: "resume-me" in [r.json["id"] for r in hooks.at("/t")[1:]],
-               what="the pending delivery after restart")
+    wait_until(
+        lambda: "resume-me" in [r.json["id"] for r in hooks.at("/t")[1:]],
+        what="the pending delivery after restart",
+    )
 
 
 def test_reload_adds_removes_and_changes_webhooks_in_place(hooks, daemon_factory):
     hooks.default("/keep", Reply(500))
-    d = daemon_factory([
-        {"name": "keep", "url": hooks.url("/keep"), "retry": {"backoff": ["30s"]}},
-        {"name": "gone", "url": hooks.url("/gone")},
-    ]).start()
+    d = daemon_factory(
+        [
+            {"name": "keep", "url": hooks.url("/keep"), "retry": {"backoff": ["30s"]}},
+            {"name": "gone", "url": hooks.url("/gone")},
+        ]
+    ).start()
     d.send({"type": "T", "id": "before"})
     wait_until(lambda: hooks.at("/keep") and hooks.at("/gone"), what="first deliveries")
     assert d.webhook("keep")["consecutive_failures"] == 1
 
     # Change keep (a new header), remove gone, add fresh.
     d.settings["webhooks"] = [
-        {"name": "keep", "url": hooks.url("/keep"), "retry": {"backoff": ["30s"]},
-         "headers": {"X-Version": "2"}},
+        {
+            "name": "keep",
+            "url": hooks.url("/keep"),
+            "retry": {"backoff": ["30s"]},
+            "headers": {"X-Version": "2"},
+        },
         {"name": "fresh", "url": hooks.url("/fresh")},
     ]
     d.write()

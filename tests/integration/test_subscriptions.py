@@ -12,19 +12,40 @@ WEBHOOKS = [
     {"name": "dotted", "events": ["*.created"]},
     {"name": "p1", "projects": ["p1"]},
     {"name": "acme", "companies": ["acme"]},
-    {"name": "acme-p2-comments", "events": ["COMMENT_*"], "projects": ["p2"],
-     "companies": ["acme"]},
+    {
+        "name": "acme-p2-comments",
+        "events": ["COMMENT_*"],
+        "projects": ["p2"],
+        "companies": ["acme"],
+    },
     {"name": "urgent", "where": {"field": "data.priority", "in": ["high", "urgent"]}},
-    {"name": "not-archived-todos", "events": ["TODO_*"],
-     "where": {"all": [{"field": "data.priority", "exists": True},
-                       {"not": {"field": "data.archived", "eq": True}}]}},
-    {"name": "cross-company", "match": [
-        {"events": ["COMMENT_*"], "projects": ["p1"]},
-        {"events": ["TODO_DELETED"], "companies": ["globex"]},
-    ]},
+    {
+        "name": "not-archived-todos",
+        "events": ["TODO_*"],
+        "where": {
+            "all": [
+                {"field": "data.priority", "exists": True},
+                {"not": {"field": "data.archived", "eq": True}},
+            ]
+        },
+    },
+    {
+        "name": "cross-company",
+        "match": [
+            {"events": ["COMMENT_*"], "projects": ["p1"]},
+            {"events": ["TODO_DELETED"], "companies": ["globex"]},
+        ],
+    },
     {"name": "tagged", "where": {"field": "data.tags.0", "eq": "bug"}},
-    {"name": "big-estimates", "where": {"any": [{"field": "data.estimate", "gte": 8},
-                                                {"field": "data.title", "regex": "^URGENT"}]}},
+    {
+        "name": "big-estimates",
+        "where": {
+            "any": [
+                {"field": "data.estimate", "gte": 8},
+                {"field": "data.title", "regex": "^URGENT"},
+            ]
+        },
+    },
 ]
 
 TYPES = ["TODO_CREATED", "TODO_DELETED", "COMMENT_CREATED", "record.created"]
@@ -33,8 +54,7 @@ COMPANIES = [None, "acme", "globex"]
 DATAS = [
     {},
     {"priority": "high", "archived": False, "tags": ["bug", "ui"], "estimate": 8},
-    {"priority": "low", "archived": True, "tags": ["ui"], "estimate": "8",
-     "title": "URGENT: fix"},
+    {"priority": "low", "archived": True, "tags": ["ui"], "estimate": "8", "title": "URGENT: fix"},
 ]
 
 
@@ -50,7 +70,8 @@ def expected(name: str, e: dict) -> bool:
         "acme": c == "acme",
         "acme-p2-comments": t.startswith("COMMENT_") and p == "p2" and c == "acme",
         "urgent": data.get("priority") in ("high", "urgent"),
-        "not-archived-todos": t.startswith("TODO_") and "priority" in data
+        "not-archived-todos": t.startswith("TODO_")
+        and "priority" in data
         and data.get("archived") is not True,
         "cross-company": (t.startswith("COMMENT_") and p == "p1")
         or (t == "TODO_DELETED" and c == "globex"),
@@ -71,8 +92,7 @@ def test_each_webhook_gets_exactly_its_subscribed_events(hooks, daemon_factory):
             e["company"] = c
         events.append(e)
         assert d.send(e)["ok"] is True
-    want = {w["name"]: sorted(e["id"] for e in events if expected(w["name"], e))
-            for w in WEBHOOKS}
+    want = {w["name"]: sorted(e["id"] for e in events if expected(w["name"], e)) for w in WEBHOOKS}
     total = sum(len(v) for v in want.values())
     wait_until(lambda: len(hooks.requests) >= total, timeout=30, what=f"{total} deliveries")
     got = {w["name"]: sorted(hooks.ids("/" + w["name"])) for w in WEBHOOKS}
