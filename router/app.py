@@ -223,7 +223,7 @@ class App:
         self.channel.committed(committed)
 
     def _journal_failed(self, append: Append, reason: str) -> None:
-        self.channel.failed(append.items, f"journal: {reason}")
+        self.channel.failed(append.items, reason)
 
     # ------------------------------------------------------------------ reload
 

@@ -1,0 +1,97 @@
+"""What an operator touches on the running daemon: a full disk, metrics, replay, attempts."""
+
+import json
+import resource
+import socket
+import urllib.request
+
+from tests.integration.conftest import Reply, wait_until
+
+
+def test_a_full_disk_refuses_acked_events_with_a_reason_and_loses_nothing(hooks, daemon_factory):
+    d = daemon_factory([{"name": "a", "url": hooks.url("/a")}]).start()
+    assert d.send({"type": "T", "id": "before"})["ok"] is True
+    wal = d.tmp / "state" / "journal.db-wal"
+    # The file-size limit of the daemon process makes its writes fail like a full disk.
+    limit = wal.stat().st_size + 50_000
+    resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    replies = [
+        d.send({"type": "T", "id": f"big{i}", "data": {"x": "y" * 20_000}}) for i in range(20)
+    ]
+    refused = {f"big{i}" for i, r in enumerate(replies) if not r["ok"]}
+    accepted = {f"big{i}" for i, r in enumerate(replies) if r["ok"]}
+    assert refused, "the limit should have refused some events"
+    assert all(r["error"].startswith("journal write failed") for r in replies if not r["ok"])
+    resource.prlimit(
+        d.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+    )
+    assert d.send({"type": "T", "id": "after"})["ok"] is True
+    wait_until(
+        lambda: accepted | {"before", "after"} <= set(hooks.ids("/a")),
+        what="every acked event delivered",
+    )
+    assert not refused & set(hooks.ids("/a"))  # refused means not stored: the producer resends
+    assert "journal write failed" in d.log()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_metrics_status_and_health_endpoints_report_the_running_daemon(hooks, daemon_factory):
+    port = _free_port()
+    d = daemon_factory(
+        [{"name": "m", "url": hooks.url("/m")}], metrics={"bind": f"127.0.0.1:{port}"}
+    ).start()
+    d.send({"type": "T", "id": "one"})
+    d.send_raw(b"\xc1")
+    wait_until(lambda: hooks.ids("/m") == ["one"], what="a delivery")
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str) -> tuple[int, str]:
+        with urllib.request.urlopen(base + path, timeout=5) as r:
+            return r.status, r.read().decode()
+
+    def metrics() -> str:
+        return get("/metrics")[1]
+
+    wait_until(
+        lambda: 'deliveries_total{outcome="delivered",webhook="m"} 1.0' in metrics(),
+        what="the delivery counted",
+    )
+    text = metrics()
+    assert "events_received_total 1.0" in text
+    assert 'events_rejected_total{reason="not_msgpack"} 1.0' in text
+    assert 'webhook_state{state="active",webhook="m"} 1.0' in text
+    assert get("/healthz") == (200, "ok\n")
+    status = json.loads(get("/status")[1])
+    assert status["webhooks"][0]["name"] == "m" and status["events"]["rejected"] == 1
+    code, page = get("/")
+    assert code == 200 and "<table" in page and ">m<" in page
+
+
+def test_replay_sends_delivered_events_again_and_attempts_shows_the_log(hooks, daemon_factory):
+    hooks.script("/r", Reply(500, body=b"boom"))
+    d = daemon_factory(
+        [{"name": "r", "url": hooks.url("/r"), "retry": {"backoff": ["50ms"]}}]
+    ).start()
+    d.send({"type": "T", "id": "x1"})
+    d.send({"type": "T", "id": "x2"})
+    wait_until(lambda: d.webhook("r")["delivered"] == 2, what="two deliveries")
+
+    proc = d.cli("attempts", "r", "--json")
+    assert proc.returncode == 0, proc.stderr
+    log = json.loads(proc.stdout)
+    assert [a["attempt"] for a in log if a["id"] == "x1"] == [2, 1]
+    failed = [a for a in log if a["status"] == 500]
+    assert failed and failed[0]["response"] == "boom"
+
+    proc = d.cli("replay", "r")
+    assert proc.returncode == 0, proc.stderr
+    # x1 failed once and was delivered; x2 was delivered; the replay sends both again.
+    wait_until(
+        lambda: [hooks.ids("/r", "T").count(i) for i in ("x1", "x2")] == [3, 2],
+        what="the replay",
+    )
