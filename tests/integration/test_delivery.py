@@ -110,3 +110,27 @@ def test_a_slow_endpoint_does_not_delay_another_webhook(hooks, daemon_factory):
     wait_until(lambda: len(hooks.at("/fast")) == 20, timeout=10, what="20 fast deliveries")
     assert hooks.at("/fast")[-1].at - sent_at < 2.5  # while /slow still holds its attempts
     assert d.webhook("slow")["in_flight"] == 4  # max_in_flight, the rest queued
+
+
+def test_ordered_webhook_delivers_strictly_in_order_through_failures(hooks, daemon_factory):
+    hooks.script("/o", Reply(500), Reply(500))
+    d = daemon_factory(
+        [{"name": "o", "url": hooks.url("/o"), "ordered": True, "max_in_flight": 4}]
+    ).start()
+    for i in range(10):
+        d.send({"type": "T", "id": f"o{i}"})
+    wait_until(lambda: len(hooks.at("/o")) == 12, what="12 attempts")
+    assert hooks.ids("/o") == ["o0", "o0", "o0"] + [f"o{i}" for i in range(1, 10)]
+
+
+def test_send_command_publishes_to_the_running_daemon(hooks, daemon_factory):
+    d = daemon_factory([{"name": "c", "url": hooks.url("/c")}]).start()
+    proc = d.cli("send", "TODO_CREATED", "--project", "p1", "--data", '{"k": 1}', "--ack")
+    assert proc.returncode == 0, proc.stderr
+    (req,) = wait_until(lambda: hooks.at("/c"), what="the delivery")
+    assert (req.json["type"], req.json["project"], req.json["data"]) == (
+        "TODO_CREATED",
+        "p1",
+        {"k": 1},
+    )
+    assert req.json["id"] in proc.stdout

@@ -98,3 +98,17 @@ def test_each_webhook_gets_exactly_its_subscribed_events(hooks, daemon_factory):
     got = {w["name"]: sorted(hooks.ids("/" + w["name"])) for w in WEBHOOKS}
     assert got == want
     assert all(want.values()), "every webhook should match something in the matrix"
+
+
+def test_reload_swaps_the_subscription_index_whole(hooks, daemon_factory):
+    d = daemon_factory([{"name": "s", "url": hooks.url("/s"), "events": ["OLD_*"]}]).start()
+    d.send({"type": "OLD_ONE", "id": "o1"})
+    d.send({"type": "NEW_ONE", "id": "n1"})
+    wait_until(lambda: hooks.ids("/s") == ["o1"], what="the old rule")
+    d.settings["webhooks"][0]["events"] = ["NEW_*"]
+    d.write()
+    d.reload()
+    assert d.count_notified("RELOADING=1") == 1
+    d.send({"type": "OLD_ONE", "id": "o2"})
+    d.send({"type": "NEW_ONE", "id": "n2"})
+    wait_until(lambda: hooks.ids("/s") == ["o1", "n2"], what="the new rule")
