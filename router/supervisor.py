@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import pykka
 
@@ -121,12 +122,20 @@ class WakeAt:
 
 @dataclass(frozen=True, slots=True)
 class Load:
-    """Ask the journal for more; ``revive`` turns exhausted (or done) ones back to pending."""
+    """Ask the journal for up to ``limit`` pending deliveries after ``after_seq``."""
 
     generation: int
     after_seq: int
     limit: int
-    revive: Revive | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """Ask the journal to make exhausted (and, for a replay, done) deliveries pending again."""
+
+    generation: int
+    since: float | None = None
+    include_done: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,8 +306,7 @@ class WebhookCore:
         self, since: float | None, failed_only: bool, waiter: Callable[[dict], None] | None = None
     ) -> list:
         self.replay_waiter = waiter
-        revive = Revive(self.config.name, reply=_unset, since=since, include_done=not failed_only)
-        return [self._revive(revive)]
+        return [self._requeue(since, include_done=not failed_only)]
 
     def reconfigure(self, config: WebhookConfig, now: float) -> list:
         old, self.config = self.config, config
@@ -399,7 +407,7 @@ class WebhookCore:
         self.spilled = True
         self.max_spilled = 0
 
-    def _revive(self, revive: Revive) -> Load:
+    def _requeue(self, since: float | None = None, include_done: bool = False) -> Requeue:
         """Ask the journal to make exhausted (or replayed) deliveries pending again.
 
         Nothing from the ready queue goes out until the answer is in, so the flush
@@ -407,7 +415,7 @@ class WebhookCore:
         """
         self._forget_queue()
         self.loading = True
-        return Load(self.generation, 0, 0, revive)
+        return Requeue(self.generation, since, include_done)
 
     def _resync(self, now: float) -> list:
         self._forget_queue()
@@ -432,7 +440,7 @@ class WebhookCore:
                 "webhook %s: health check passed; enabled, flushing held deliveries",
                 self.config.name,
             )
-            effects.append(self._revive(Revive(self.config.name, reply=_unset)))
+            effects.append(self._requeue())
             effects.append(Record(SaveState(self.config.name, self.state)))
             answer = self._answer(True, "health check passed")
         else:
@@ -480,14 +488,8 @@ class WebhookCore:
         }
 
 
-def _unset(_: Any) -> None:  # placeholder reply; the actor supplies the real one
-    raise RuntimeError("reply not wired")
-
-
 def _public_url(url: str) -> str:
     """The URL without credentials or query string (either may carry a token)."""
-    from urllib.parse import urlsplit
-
     u = urlsplit(url)
     host = u.hostname or ""
     if u.port:
@@ -578,11 +580,14 @@ class Supervisor(pykka.ThreadingActor):
                     w.journal.submit(message)
                 case WakeAt(at):
                     w.scheduler.call_at(at, lambda: self._tell_self(Tick()))
-                case Load(generation, after_seq, limit, revive):
-                    reply = lambda loaded, g=generation: self._tell_self(LoadedFor(g, loaded))  # noqa: E731
-                    if revive is not None:
-                        w.journal.submit(replace(revive, reply=reply))
-                    else:
-                        w.journal.submit(
-                            LoadPending(self.core.config.name, after_seq, limit, reply)
-                        )
+                case Load(generation, after_seq, limit):
+                    name = self.core.config.name
+                    w.journal.submit(LoadPending(name, after_seq, limit, self._loaded(generation)))
+                case Requeue(generation, since, include_done):
+                    name = self.core.config.name
+                    reply = self._loaded(generation)
+                    w.journal.submit(Revive(name, reply, since, include_done))
+
+    def _loaded(self, generation: int) -> Callable[[Loaded], None]:
+        """The journal's reply, tagged so that answers from before a resync are ignored."""
+        return lambda loaded: self._tell_self(LoadedFor(generation, loaded))

@@ -7,14 +7,12 @@ from router.messages import (
     AttemptResult,
     Delivery,
     Loaded,
-    LoadPending,
     Outcome,
     Payload,
-    Revive,
     SaveState,
     WebhookState,
 )
-from router.supervisor import Load, Record, Restored, Send, WakeAt, WebhookCore
+from router.supervisor import Load, Record, Requeue, Restored, Send, WakeAt, WebhookCore
 
 
 def hook(**kw) -> WebhookConfig:
@@ -115,8 +113,8 @@ def test_health_check_passing_enables_and_revives_oldest_first():
     assert answers == [
         {"webhook": "w", "ok": True, "state": "active", "detail": "health check passed"}
     ]
-    (load,) = [e for e in effects if isinstance(e, Load)]
-    assert isinstance(load.revive, Revive)
+    (load,) = [e for e in effects if isinstance(e, Requeue)]
+    assert (load.since, load.include_done) == (None, False)  # exhausted ones only
     # The journal answers with the revived delivery; the queue reloads oldest first.
     effects = c.revived(load.generation, Loaded("w", (d(1),), 0, None), 3.0)
     (reload,) = [e for e in effects if isinstance(e, Load)]
@@ -238,10 +236,18 @@ def test_config_disabled_webhook_holds_and_is_enabled_by_reconfigure():
 
 
 def test_spill_load_asks_for_pending_after_the_highest_seq_in_memory():
-    c = core(Restored(WebhookState(), (d(1), d(2)), 5), queue_limit=4, max_in_flight=1)
-    (load,) = [e for e in c.pump(0.0) if isinstance(e, Load)] or [None]
-    assert load is None or (load.after_seq == 2 and load.revive is None)
-    assert isinstance(LoadPending("w", 2, 2, print), LoadPending)
+    c = core(Restored(WebhookState(), (d(1), d(2)), 5), queue_limit=6, max_in_flight=1)
+    effects = c.pump(0.0)
+    assert sent(effects) == [(1, 1)]
+    assert [e for e in effects if isinstance(e, Load)] == [Load(0, 2, 5)]
+
+
+def test_replay_asks_the_journal_for_done_deliveries_too():
+    c = core()
+    (requeue,) = c.replay(100.0, failed_only=False)
+    assert requeue == Requeue(c.generation, 100.0, True)
+    (requeue,) = c.replay(None, failed_only=True)
+    assert requeue == Requeue(c.generation, None, False)
 
 
 def test_snapshot_never_shows_credentials_or_query_of_the_url():
