@@ -30,6 +30,7 @@ from router.config import parse_duration
 DEFAULT_CONFIG = "/etc/webhook-router/router.yaml"
 CONFIG_ENV = "WEBHOOK_ROUTER_CONFIG"
 DEFAULT_INGEST = {"bind": "tcp://127.0.0.1:5555", "ack_bind": "tcp://127.0.0.1:5556"}
+CONTROL_TIMEOUTS = {"status": 30.0, "enable": 60.0}  # seconds; other commands wait 10
 SIGNATURE_TOLERANCE = 300  # seconds, as the Standard Webhooks spec recommends
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -46,10 +47,15 @@ class Fail(Exception):
 
 
 def _read_yaml(config_path: str) -> dict:
-    """The main config file as plain YAML: operator commands must work without its secrets."""
+    """The main config file as plain YAML: operator commands must work without its secrets.
+
+    The C loader, when PyYAML has it, reads a config of 10,000 webhooks in a
+    fraction of the pure-Python loader's time.
+    """
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         with open(config_path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
+            doc = yaml.load(f, Loader=loader)  # a safe loader either way
     except OSError as e:
         raise RouterError(f"cannot read {config_path}: {e.strerror}") from None
     except yaml.YAMLError as e:
@@ -221,8 +227,8 @@ def _ask(args: argparse.Namespace, cmd: str, cargs: dict | None = None) -> Any:
         address = args.control or control_address(args.config)
     except RouterError as e:
         raise Fail(2, f"{e} (use -c FILE or --control ADDR)") from None
-    # a health check may take the webhook's whole timeout: give enable longer
-    timeout = args.timeout or (60.0 if cmd == "enable" else 10.0)
+    # enable waits out a health check; status of many webhooks takes a while to gather
+    timeout = args.timeout or CONTROL_TIMEOUTS.get(cmd, 10.0)
     return control.request(address, cmd, cargs, timeout=timeout)
 
 
@@ -450,7 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ctl = argparse.ArgumentParser(add_help=False, parents=[common])
     ctl.add_argument("--control", metavar="ADDR", help="control socket (default: from the config)")
-    ctl.add_argument("--timeout", type=float, help="seconds to wait (default 10, enable 60)")
+    ctl.add_argument(
+        "--timeout", type=float, help="seconds to wait (default 10, status 30, enable 60)"
+    )
 
     parser = argparse.ArgumentParser(
         prog="webhook-router", description="Routes events from ZeroMQ to signed HTTP webhooks."

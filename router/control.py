@@ -288,7 +288,8 @@ def request(address: str, cmd: str, args: dict | None = None, timeout: float = 1
         sock.send(msgpack.packb({"cmd": cmd, "args": args or {}}))
         if not sock.poll(int(timeout * 1000), zmq.POLLIN):
             raise NotReachable(
-                f"no answer from the router at {address} within {timeout:g}s — is it running?"
+                f"no answer from the router at {address} within {timeout:g}s "
+                "(it may be busy; try --timeout)"
             )
         body = sock.recv()
     except zmq.ZMQError as e:

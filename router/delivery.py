@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 RESPONSE_CAP = 64 * 1024  # bytes of response body kept
 HARD_DEADLINE = 1.5  # the watchdog cuts an attempt at this multiple of its timeout
 WATCH_TICK = 0.05  # seconds between watchdog checks while attempts run
+STOP_GRACE = 0.5  # seconds stop() waits past its timeout for idle workers and the watchdog
 NUM_POOLS = 256  # hosts whose keep-alive connections are cached
 
 Reply = Callable[[AttemptResult], None]
@@ -256,9 +257,19 @@ class _Watchdog:
         self._thread.start()
 
     def stop(self) -> None:
+        """End the thread, cutting any attempt still running.
+
+        Without the watchdog nothing bounds such an attempt, and a worker stuck in
+        it (workers are not daemons) would hold up the process exit.
+        """
         with self._cond:
             self._stopped = True
+            for slot in self._slots.values():
+                slot.fired = True
+                _cut(slot.conn)
             self._cond.notify()
+        if self._thread.ident is not None:
+            self._thread.join(STOP_GRACE)
 
     def begin(self, deadline: float) -> None:
         slot = _current.slot = _Slot(deadline)
@@ -308,6 +319,8 @@ class DeliveryPool:
         self._clock = clock or Clock()
         self._queue: queue.SimpleQueue[tuple[Attempt, Reply] | None] = queue.SimpleQueue()
         self._stopping = threading.Event()
+        self._lock = threading.Lock()  # orders _stopping against workers starting attempts
+        self._busy: set[threading.Thread] = set()  # workers inside an attempt
         self._watchdog = _Watchdog(self._clock)
         self._http = _pool_manager(workers, _HTTPConnection, _HTTPSConnection)
         self._guarded = _pool_manager(workers, _GuardedHTTPConnection, _GuardedHTTPSConnection)
@@ -334,46 +347,64 @@ class DeliveryPool:
         """Let running attempts finish for up to ``timeout`` seconds; drop queued ones.
 
         Dropped attempts get no reply: their deliveries stay pending in the journal
-        and go out on the next start.
+        and go out on the next start. Idle workers end at once, even when
+        ``timeout`` is already used up; attempts still running after it are cut.
         """
-        self._stopping.set()
+        with self._lock:
+            self._stopping.set()  # from here on no worker starts an attempt
         dropped = 0
         with contextlib.suppress(queue.Empty):
             while True:
                 dropped += self._queue.get_nowait() is not None
         for _ in self._threads:
-            self._queue.put(None)
+            self._queue.put(None)  # wakes each idle worker to end
+        started = [thread for thread in self._threads if thread.ident is not None]
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            if thread.ident is not None:
-                thread.join(max(0.0, deadline - time.monotonic()))
-        busy = sum(thread.is_alive() for thread in self._threads)
-        if busy:
-            log.warning("delivery pool stopped with %d attempts still running", busy)
-        else:
-            self._watchdog.stop()
+        for thread in started:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        grace = time.monotonic() + STOP_GRACE
+        for thread in started:
+            if thread.is_alive() and not self._is_busy(thread):
+                thread.join(max(0.0, grace - time.monotonic()))  # its sentinel is waiting
+        with self._lock:
+            running = len(self._busy)
+        if running:
+            log.warning(
+                "delivery pool stopped with %d attempts still running; cutting them", running
+            )
+        self._watchdog.stop()
         self._http.clear()
         self._guarded.clear()
         log.info("delivery pool stopped (%d queued attempts left for the next start)", dropped)
 
+    def _is_busy(self, thread: threading.Thread) -> bool:
+        with self._lock:
+            return thread in self._busy
+
     def _work(self) -> None:
+        me = threading.current_thread()
         while (job := self._queue.get()) is not None:
-            if self._stopping.is_set():
-                continue  # queued, never started: the journal keeps it pending
-            attempt, reply = job
+            with self._lock:
+                if self._stopping.is_set():
+                    continue  # queued, never started: the journal keeps it pending
+                self._busy.add(me)
             try:
-                result = self._send(attempt)
-            except Exception:
-                log.exception(
-                    "%s: event %s: attempt crashed", attempt.webhook.name, attempt.payload.id
-                )
-                result = _result(attempt, self._clock.time(), 0.0, error="internal error")
-            try:
-                reply(result)
-            except Exception:
-                log.exception(
-                    "%s: event %s: reply callback failed", result.webhook, attempt.payload.id
-                )
+                self._attempt(*job)
+            finally:
+                with self._lock:
+                    self._busy.discard(me)
+
+    def _attempt(self, attempt: Attempt, reply: Reply) -> None:
+        """Send one attempt and hand over its result; no exception may end the worker."""
+        try:
+            result = self._send(attempt)
+        except Exception:
+            log.exception("%s: event %s: attempt crashed", attempt.webhook.name, attempt.payload.id)
+            result = _result(attempt, self._clock.time(), 0.0, error="internal error")
+        try:
+            reply(result)
+        except Exception:
+            log.exception("%s: event %s: reply callback failed", result.webhook, attempt.payload.id)
 
     def _send(self, attempt: Attempt) -> AttemptResult:
         """One POST: sign, send, read at most 64 KiB, describe what happened."""

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import msgpack
 import pytest
+import yaml
 import zmq
 from standardwebhooks.webhooks import Webhook
 
-from router import RouterError
+from router import ControlError, RouterError
 from router.cli import (
     control_address,
     ingest_address,
@@ -298,6 +299,36 @@ def test_silent_router_exits_3_after_the_timeout(capsys):
     assert "within 0.2s" in err
 
 
+def test_silent_router_is_reported_as_possibly_busy_not_down(capsys):
+    with zmq.Context.instance().socket(zmq.ROUTER) as silent:
+        silent.setsockopt(zmq.LINGER, 0)
+        port = silent.bind_to_random_port("tcp://127.0.0.1")
+        address = f"tcp://127.0.0.1:{port}"
+        code, _, err = run(capsys, "status", "--control", address, "--timeout", "0.2")
+    assert code == 3
+    assert err == (
+        f"error: no answer from the router at {address} within 0.2s "
+        "(it may be busy; try --timeout)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "timeout"), [("status", 30.0), ("enable", 60.0), ("reload", 10.0)]
+)
+def test_control_commands_wait_by_default_long_enough_for_a_large_router(
+    capsys, monkeypatch, command, timeout
+):
+    waits = []
+
+    def request(address: str, cmd: str, args: dict | None, timeout: float) -> None:
+        waits.append(timeout)
+        raise ControlError("recorded")
+
+    monkeypatch.setattr("router.control.request", request)
+    run(capsys, command, *(["crm-sync"] if command == "enable" else []), "--control", "ipc://x")
+    assert waits == [timeout]
+
+
 def test_missing_config_without_control_address_is_a_usage_error(capsys, tmp_path):
     code, _, err = run(capsys, "status", "-c", str(tmp_path / "absent.yaml"))
     assert code == 2
@@ -348,6 +379,33 @@ def test_ingest_address_reads_the_config_like_the_loader_does(tmp_path):
     assert ingest_address(str(tmp_path / "b.yaml"), ack=False) == f"ipc://{tmp_path}/in.sock"
     with pytest.raises(RouterError, match=r"has no ingest\.ack_bind"):
         ingest_address(str(tmp_path / "b.yaml"), ack=True)
+
+
+@pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML is built without libyaml")
+def test_control_address_reads_the_config_with_the_c_loader(tmp_path, monkeypatch):
+    used = []
+
+    class Recording(yaml.CSafeLoader):
+        def __init__(self, stream):
+            used.append(type(self))
+            super().__init__(stream)
+
+    monkeypatch.setattr(yaml, "CSafeLoader", Recording)
+    (tmp_path / "a.yaml").write_text("control: {bind: 'tcp://*:7000'}\n")
+    assert control_address(str(tmp_path / "a.yaml")) == "tcp://127.0.0.1:7000"
+    assert used == [Recording]
+
+
+def test_control_address_falls_back_to_the_python_loader_without_libyaml(tmp_path, monkeypatch):
+    monkeypatch.delattr(yaml, "CSafeLoader", raising=False)
+    (tmp_path / "a.yaml").write_text("control: {bind: 'tcp://*:7000'}\n")
+    assert control_address(str(tmp_path / "a.yaml")) == "tcp://127.0.0.1:7000"
+
+
+def test_unreadable_yaml_is_reported_with_its_line(tmp_path):
+    (tmp_path / "a.yaml").write_text("state_dir: ./var\ncontrol: [unclosed\n")
+    with pytest.raises(RouterError, match=r"a\.yaml:3: not valid YAML: "):
+        control_address(str(tmp_path / "a.yaml"))
 
 
 @pytest.mark.parametrize(

@@ -509,3 +509,37 @@ def test_secret_never_appears_in_logs(server, pool, caplog):
     assert KEY.decode() not in caplog.text
     assert base64.b64encode(KEY).decode() not in caplog.text
     assert "webhook-signature" not in caplog.text.lower()
+
+
+def pool_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("delivery-")]
+
+
+@pytest.mark.parametrize("timeout", [0.0, 5.0])
+def test_stopping_64_idle_workers_is_quick_quiet_and_leaves_no_thread(caplog, timeout):
+    pool = DeliveryPool(workers=64)
+    pool.start()
+    caplog.set_level("INFO", logger="router.delivery")
+    started = time.monotonic()
+    pool.stop(timeout)
+    assert time.monotonic() - started < 0.5
+    assert "still running" not in caplog.text
+    assert pool_threads() == []
+
+
+def test_stop_counts_only_attempts_that_are_running_and_cuts_them(server, caplog):
+    pool = DeliveryPool(workers=8)
+    pool.start()
+    server.behaviour = Behaviour(delay=30.0)
+    results: list[AttemptResult] = []
+    webhook = hook(f"http://127.0.0.1:{server.port}/", timeout=20.0)
+    pool.submit(Attempt(webhook=webhook, seq=1, payload=PAYLOAD, number=1), results.append)
+    wait_for(lambda: len(server.received) == 1)
+    caplog.set_level("INFO", logger="router.delivery")
+    started = time.monotonic()
+    pool.stop(0.2)
+    assert time.monotonic() - started < 0.2 + 1.0
+    assert "delivery pool stopped with 1 attempts still running" in caplog.text
+    assert "delivery-watchdog" not in pool_threads()
+    wait_for(lambda: pool_threads() == [], timeout=2.0)  # the cut ends the stuck attempt
+    assert [(r.ok, r.error) for r in results] == [(False, "response too slow")]
