@@ -30,29 +30,26 @@ from router.control import ControlServer
 from router.delivery import DeliveryPool
 from router.envelope import new_id
 from router.filter import Filter, FilterActor, Route, Swap
-from router.journal import Journal, attempts, saved_states, unfinished
-from router.messages import Accepted, Append, Cancel, Committed, Delivery, WebhookState
+from router.journal import Journal, attempts
+from router.messages import Accepted, Append, Cancel, Committed, Delivery
 from router.metrics import MetricsServer
 from router.receiver import AckChannel, Bind, Receiver
 from router.scheduler import Scheduler
 from router.supervisor import (
-    QUEUE_LIMIT,
     Disable,
-    Drain,
     Enable,
     Enqueue,
     Reconfigure,
     Replay,
-    Restored,
-    Snapshot,
-    Supervisor,
+    WebhookHandle,
     Wiring,
 )
+from router.webhook import QUEUE_LIMIT, Restored, WebhookCore
 
 log = logging.getLogger(__name__)
 
 ASK_TIMEOUT = 5.0
-ACTOR_STACK = 256 * 1024  # idle supervisors must cost next to nothing
+THREAD_STACK = 512 * 1024  # every thread here is shallow; thousands of supervisors add up
 
 
 def sd_notify(*lines: str) -> None:
@@ -86,7 +83,7 @@ class App:
         self.config = cfg
         self.clock = clock or Clock()
         self.started_at = time.monotonic()
-        self.supervisors: dict[str, pykka.ActorRef] = {}
+        self.supervisors: dict[str, WebhookHandle] = {}
         self._reload_lock = threading.Lock()
         self.channel = AckChannel()
         self.journal = Journal(
@@ -111,6 +108,7 @@ class App:
     def start(self) -> None:
         cfg = self.config
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
+        threading.stack_size(THREAD_STACK)
         self.journal.open()
         restored = self.journal.load([w.name for w in cfg.webhooks], QUEUE_LIMIT)
         self.journal.start()
@@ -141,16 +139,16 @@ class App:
         )
 
     def _start_supervisors(self, webhooks: Iterable[WebhookConfig], restored: dict) -> None:
-        old = threading.stack_size(ACTOR_STACK)
-        try:
-            new = dict(self.supervisors)
-            for w in webhooks:
-                r = restored.get(w.name)
-                state = Restored(r.state, tuple(r.pending), r.queued) if r else Restored()
-                new[w.name] = Supervisor.start(w, state, self.wiring)
-            self.supervisors = new
-        finally:
-            threading.stack_size(old)
+        """A handle per webhook; only those with work get a thread now."""
+        new = dict(self.supervisors)
+        now = self.clock.time()
+        for w in webhooks:
+            r = restored.get(w.name)
+            state = Restored(r.state, tuple(r.pending), r.queued) if r else Restored()
+            core = WebhookCore(w, state, now, self.wiring.new_id)
+            new[w.name] = handle = WebhookHandle(core, self.wiring)
+            handle.start_if_busy()
+        self.supervisors = new
 
     def stop(self) -> None:
         sd_notify("STOPPING=1")
@@ -160,8 +158,8 @@ class App:
             _stop(self.receiver, "receiver")
         if self.filter:
             _stop(self.filter, "filter")
-        for ref in self.supervisors.values():
-            _tell(ref, Drain())
+        for handle in self.supervisors.values():
+            handle.drain()
         busy = self._wait_drained(deadline)
         if busy:
             log.warning(
@@ -169,10 +167,10 @@ class App:
                 "and go out after the next start",
                 busy,
             )
-        for name, ref in self.supervisors.items():
-            _stop(ref, f"supervisor {name}", block=False)
-        for ref in self.supervisors.values():
-            ref.actor_stopped.wait(ASK_TIMEOUT)
+        stopping = [h.close() for h in self.supervisors.values()]
+        for ref in stopping:
+            if ref is not None:
+                ref.actor_stopped.wait(ASK_TIMEOUT)
         self.pool.stop(max(0.0, deadline - time.monotonic()))
         self.scheduler.stop()
         if self.control:
@@ -217,9 +215,11 @@ class App:
             metrics.EVENTS_DUPLICATE.inc(duplicates)
         supervisors = self.supervisors
         for name, deliveries in by_webhook.items():
-            ref = supervisors.get(name)
-            if ref is None or not _tell(ref, Enqueue(tuple(deliveries))):
+            handle = supervisors.get(name)
+            if handle is None:
                 self.journal.submit(Cancel(name))  # routed just before the webhook was removed
+            else:
+                handle.tell(Enqueue(tuple(deliveries)))
         self.channel.committed(committed)
 
     def _journal_failed(self, append: Append, reason: str) -> None:
@@ -262,12 +262,11 @@ class App:
         self._start_supervisors(added, {})
         self.filter.tell(Swap(Filter.from_config(new)))
         for w in changed:
-            _tell(self.supervisors[w.name], Reconfigure(w))
+            self.supervisors[w.name].tell(Reconfigure(w))
         remaining = dict(self.supervisors)
         for name in removed:
-            ref = remaining.pop(name)
+            remaining.pop(name).close()
             self.journal.submit(Cancel(name))
-            _stop(ref, f"supervisor {name}", block=False)
         self.supervisors = remaining
         self.config = _with_runtime(new, old)
         metrics.CONFIG_RELOADS.inc()
@@ -287,27 +286,29 @@ class App:
 
     # ------------------------------------------------------------------ control
 
-    def _ref(self, name: str) -> pykka.ActorRef:
-        ref = self.supervisors.get(name)
-        if ref is None:
+    def _handle(self, name: str) -> WebhookHandle:
+        handle = self.supervisors.get(name)
+        if handle is None:
             raise RouterError(f"no webhook named '{name}'")
-        return ref
+        return handle
 
     def _snapshots(self) -> list[dict]:
-        refs = list(self.supervisors.items())
-        futures = []
-        for name, ref in refs:
+        """Idle webhooks answer from their handle; running ones are asked, all at once."""
+        pending = []
+        for name, handle in list(self.supervisors.items()):
             try:
-                futures.append((name, ref.ask(Snapshot(), block=False)))
+                pending.append((name, handle.snapshot()))
             except pykka.ActorDeadError:
-                futures.append((name, None))
+                pending.append((name, None))
         deadline = time.monotonic() + ASK_TIMEOUT
         out = []
-        for name, f in futures:
+        for name, snap in pending:
             try:
-                if f is None:
+                if isinstance(snap, pykka.Future):
+                    snap = snap.get(timeout=max(0.0, deadline - time.monotonic()))
+                if snap is None:
                     raise pykka.ActorDeadError(name)
-                out.append(f.get(timeout=max(0.0, deadline - time.monotonic())))
+                out.append(snap)
             except Exception as e:  # one stuck supervisor must not hide the rest
                 out.append(
                     {
@@ -341,7 +342,7 @@ class App:
         }
 
     def enable(self, name: str) -> dict:
-        ref = self._ref(name)
+        ref = self._handle(name)
         future = ref.ask(Enable(), timeout=ASK_TIMEOUT)
         wait = self.config_for(name).timeout * 2 + ASK_TIMEOUT
         try:
@@ -352,14 +353,14 @@ class App:
             ) from None
 
     def disable(self, name: str) -> dict:
-        return self._ref(name).ask(Disable(), timeout=ASK_TIMEOUT)
+        return self._handle(name).ask(Disable(), timeout=ASK_TIMEOUT)
 
     def replay(self, name: str, since: float | None, failed_only: bool) -> dict:
-        future = self._ref(name).ask(Replay(since, failed_only), timeout=ASK_TIMEOUT)
+        future = self._handle(name).ask(Replay(since, failed_only), timeout=ASK_TIMEOUT)
         return future.get(timeout=60)
 
     def attempts(self, name: str, limit: int) -> list[dict]:
-        self._ref(name)
+        self._handle(name)
         conn = self.journal.reader()
         try:
             return attempts(conn, name, limit)
@@ -425,20 +426,9 @@ class App:
         if self.filter is not None and not self.filter.is_alive():
             log.error("filter actor died; restarting it")
             self.filter = FilterActor.start(Filter.from_config(self.config), self.journal.submit)
-        dead = [n for n, r in self.supervisors.items() if not r.is_alive()]
-        if not dead:
-            return
-        log.error("supervisors died: %s; restarting them from the journal", dead)
-        conn = self.journal.reader()
-        try:
-            counts, states = unfinished(conn), saved_states(conn)
-        finally:
-            conn.close()
-        # Nothing in memory: the new supervisor reloads every pending delivery, oldest first.
-        restored = {
-            n: Restored(states.get(n, WebhookState()), (), counts.get(n, (0, 0))[0]) for n in dead
-        }
-        self._start_supervisors([w for w in self.config.webhooks if w.name in dead], restored)
+        for handle in self.supervisors.values():
+            if handle.dead():
+                handle.tick()  # logs, and starts a new actor on the same core
 
 
 def _with_runtime(new: Config, old: Config) -> Config:
@@ -453,17 +443,9 @@ def _with_runtime(new: Config, old: Config) -> Config:
     )
 
 
-def _tell(ref: pykka.ActorRef, message: Any) -> bool:
+def _stop(ref: pykka.ActorRef, what: str) -> None:
     try:
-        ref.tell(message)
-        return True
-    except pykka.ActorDeadError:
-        return False
-
-
-def _stop(ref: pykka.ActorRef, what: str, block: bool = True) -> None:
-    try:
-        ref.stop(block=block, timeout=ASK_TIMEOUT) if block else ref.stop(block=False)
+        ref.stop(block=True, timeout=ASK_TIMEOUT)
     except pykka.ActorDeadError:
         pass
     except pykka.Timeout:

@@ -1,52 +1,34 @@
-"""One supervisor per webhook: its queue, in-flight attempts, retry state, health and counters.
+"""One supervisor actor per webhook, started on demand: idle webhooks hold no thread.
 
-``WebhookCore`` is the plain logic: it takes a message and returns effects (send an
-attempt, write to the journal, wake me at T, load more from the journal). The
-``Supervisor`` actor only executes those effects. It never blocks: attempts go to
-the delivery pool and results come back as messages.
+The ``Supervisor`` actor is a thin shell over ``WebhookCore`` (router/webhook.py):
+it receives messages and executes the effects the core returns. It never blocks:
+attempts go to the delivery pool, results come back as messages.
 
-Memory is bounded: at most ``QUEUE_LIMIT`` deliveries are held in memory; beyond
-that the journal holds them ("spilled") and they are loaded back in seq order as
-the queue drains.
+A pykka actor is a thread. With tens of thousands of webhooks configured, most are
+idle most of the time, so each webhook is a ``WebhookHandle`` whose actor runs only
+while there is work: the first message starts it, and after ``IDLE_AFTER`` seconds
+with nothing in flight, waiting or queued it stops and leaves its core (state,
+counters, held deliveries) with the handle. Everything addressed to a webhook goes
+through its handle, so nothing can reach a stopping actor.
 """
 
 from __future__ import annotations
 
-import contextlib
-import heapq
 import logging
-import random
-from collections import deque
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import pykka
 
-from router import metrics, retry
 from router.config import WebhookConfig
-from router.messages import (
-    DONE,
-    EXHAUSTED,
-    PENDING,
-    Attempt,
-    AttemptResult,
-    Delivery,
-    Loaded,
-    LoadPending,
-    Outcome,
-    Payload,
-    Revive,
-    SaveState,
-    WebhookState,
-)
+from router.messages import AttemptResult, Delivery, Loaded, LoadPending, Revive
+from router.webhook import Load, Record, Requeue, Send, WakeAt, WebhookCore
 
 log = logging.getLogger(__name__)
 
-QUEUE_LIMIT = 10_000
-HEALTH_CHECK = "WEBHOOK_HEALTH_CHECK"
+IDLE_AFTER = 10.0  # seconds idle before a supervisor gives back its thread
 
 # --------------------------------------------------------------------------- messages
 
@@ -93,411 +75,13 @@ class Reconfigure:
 
 
 @dataclass(frozen=True, slots=True)
-class Drain:
-    """Shutting down: start no new attempts."""
-
-
-@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Ask for the status dict."""
 
 
-# --------------------------------------------------------------------------- effects
-
-
 @dataclass(frozen=True, slots=True)
-class Send:
-    attempt: Attempt
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    message: Any  # a journal message
-
-
-@dataclass(frozen=True, slots=True)
-class WakeAt:
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Load:
-    """Ask the journal for up to ``limit`` pending deliveries after ``after_seq``."""
-
-    generation: int
-    after_seq: int
-    limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class Requeue:
-    """Ask the journal to make exhausted (and, for a replay, done) deliveries pending again."""
-
-    generation: int
-    since: float | None = None
-    include_done: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Restored:
-    """What the journal knew about a webhook at start."""
-
-    state: WebhookState = WebhookState()
-    pending: tuple[Delivery, ...] = ()
-    queued: int = 0
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class WebhookCore:
-    """The state of one webhook and the rules that move it. No threads, no I/O."""
-
-    def __init__(
-        self,
-        config: WebhookConfig,
-        restored: Restored,
-        now: float,
-        new_id: Callable[[], str],
-        rand: Callable[[], float] = random.random,
-        queue_limit: int = QUEUE_LIMIT,
-    ):
-        self.config = config
-        self.state = restored.state
-        self.new_id = new_id
-        self.rand = rand
-        self.queue_limit = queue_limit
-        self.ready: deque[Delivery] = deque()
-        self.waiting: list[tuple[float, int, Delivery]] = []  # retries, by due time
-        self.in_flight: dict[int, Delivery] = {}
-        self.pending_total = restored.queued  # pending in the journal (in flight included)
-        self.high = 0  # highest seq ever held in memory: loads continue after it
-        self.spilled = restored.queued > len(restored.pending)
-        self.max_spilled = 0
-        self.generation = 0
-        self.loading = False
-        self.draining = False
-        self.probe: dict | None = None  # the health check in flight, if any
-        self.probe_waiters: list[Callable[[dict], None]] = []
-        self.tokens = float(config.rate_limit.count) if config.rate_limit else 0.0
-        self.tokens_at = now
-        self.wake_at: float | None = None
-        self.latencies: deque[float] = deque(maxlen=1024)
-        for d in restored.pending:
-            self._hold(d)
-        self.replay_waiter: Callable[[dict], None] | None = None
-        if not config.enabled and self.state.state != "disabled":
-            self.state = retry.disabled(self.state, "config")
-        elif config.enabled and self.state.disabled_reason == "config":
-            self.state = retry.enabled(self.state)
-
-    # ------------------------------------------------------------------ inputs
-
-    def enqueue(self, deliveries: tuple[Delivery, ...], now: float) -> list:
-        self.pending_total += len(deliveries)
-        for d in deliveries:
-            if self.spilled or len(self.ready) >= self.queue_limit:
-                self.spilled = True
-                self.max_spilled = max(self.max_spilled, d.seq)
-            else:
-                self.ready.append(d)
-                self.high = max(self.high, d.seq)
-        return self.pump(now)
-
-    def loaded(self, generation: int, loaded: Loaded, now: float) -> list:
-        if generation != self.generation:
-            return []  # answers a load from before a resync
-        self.loading = False
-        busy = self.in_flight.keys() | {d.seq for _, _, d in self.waiting}
-        for d in loaded.deliveries:
-            if d.seq > self.high and d.seq not in busy:
-                self._hold(d)
-        if loaded.deliveries:
-            self.high = max(self.high, loaded.deliveries[-1].seq)
-        if len(loaded.deliveries) < (loaded.limit or 0) and self.max_spilled <= self.high:
-            self.spilled = False
-        return self.pump(now)
-
-    def revived(self, generation: int, loaded: Loaded, now: float) -> list:
-        """Exhausted (or replayed) deliveries are pending again: reload the queue in seq order."""
-        if generation != self.generation:
-            return []
-        n = len(loaded.deliveries)
-        self.pending_total += n
-        log.info("webhook %s: %d deliveries queued again", self.config.name, n)
-        if self.replay_waiter is not None:
-            self.replay_waiter({"webhook": self.config.name, "requeued": n})
-            self.replay_waiter = None
-        return self._resync(now)
-
-    def result(self, r: AttemptResult, now: float) -> list:
-        if r.seq == 0:
-            return self._probe_result(r, now)
-        d = self.in_flight.pop(r.seq, None)
-        if d is None:
-            return self.pump(now)
-        self.latencies.append(r.latency * 1000)
-        metrics.ATTEMPTS.labels(self.config.name, "ok" if r.ok else "failed").inc()
-        metrics.ATTEMPT_LATENCY.observe(r.latency)
-        effects: list = []
-        decision = retry.decide(self.config.retry, r, now, self.rand())
-        if isinstance(decision, retry.Done):
-            self.pending_total -= 1
-            self.state = retry.succeeded(self.state, now)
-            metrics.DELIVERIES.labels(self.config.name, "delivered").inc()
-            effects.append(Record(Outcome(self.config.name, r.seq, r, DONE)))
-        elif isinstance(decision, retry.RetryAt):
-            self.state = retry.failed_attempt(self.state, r.error or "failed")
-            held = replace(d, attempts=r.number, next_at=decision.at)
-            heapq.heappush(self.waiting, (decision.at, held.seq, held))
-            effects.append(Record(Outcome(self.config.name, r.seq, r, PENDING, decision.at)))
-            log.info(
-                "webhook %s: event %s attempt %d failed (%s); retry at %s",
-                self.config.name,
-                d.payload.id,
-                r.number,
-                r.error,
-                iso(decision.at),
-            )
-        else:
-            self.pending_total -= 1
-            self.state = retry.gave_up(
-                retry.failed_attempt(self.state, r.error or "failed"), decision.reason
-            )
-            metrics.DELIVERIES.labels(self.config.name, "exhausted").inc()
-            effects.append(Record(Outcome(self.config.name, r.seq, r, EXHAUSTED)))
-            why = (
-                "endpoint answered 410 Gone"
-                if decision.reason == "gone"
-                else (f"{r.number} attempts failed")
-            )
-            log.warning(
-                "webhook %s disabled: event %s %s (last error: %s); new events are held",
-                self.config.name,
-                d.payload.id,
-                why,
-                r.error,
-            )
-            if self.config.health.probe_interval:
-                effects.append(WakeAt(now + self.config.health.probe_interval))
-        effects.append(Record(SaveState(self.config.name, self.state)))
-        return effects + self.pump(now)
-
-    def enable(self, now: float, waiter: Callable[[dict], None] | None) -> list:
-        if self.state.state != "disabled":
-            if waiter:
-                waiter(self._answer(True, "already enabled"))
-            return []
-        if waiter:
-            self.probe_waiters.append(waiter)
-        if self.probe is not None:
-            return []  # one health check at a time; this caller gets its answer too
-        return self._send_probe(now)
-
-    def disable(self) -> list:
-        self.state = retry.disabled(self.state, "manual")
-        log.warning("webhook %s disabled by the operator; new events are held", self.config.name)
-        return [Record(SaveState(self.config.name, self.state))]
-
-    def replay(
-        self, since: float | None, failed_only: bool, waiter: Callable[[dict], None] | None = None
-    ) -> list:
-        self.replay_waiter = waiter
-        return [self._requeue(since, include_done=not failed_only)]
-
-    def reconfigure(self, config: WebhookConfig, now: float) -> list:
-        old, self.config = self.config, config
-        if old.enabled and not config.enabled and self.state.state != "disabled":
-            self.state = retry.disabled(self.state, "config")
-        elif config.enabled and self.state.disabled_reason == "config":
-            self.state = retry.enabled(self.state)
-        if config.rate_limit != old.rate_limit:
-            self.tokens = float(config.rate_limit.count) if config.rate_limit else 0.0
-        log.info("webhook %s: new settings applied (queue and health kept)", config.name)
-        return [Record(SaveState(config.name, self.state)), *self.pump(now)]
-
-    def tick(self, now: float) -> list:
-        if self.wake_at is not None and self.wake_at <= now:
-            self.wake_at = None
-        effects = []
-        if (
-            self.state.state == "disabled"
-            and self.state.disabled_reason in ("exhausted", "gone")
-            and self.config.health.probe_interval
-            and self.probe is None
-            and not self.draining
-        ):
-            effects += self._send_probe(now)
-        return effects + self.pump(now)
-
-    # ------------------------------------------------------------------ dispatch
-
-    def pump(self, now: float) -> list:
-        """Start whatever may start now; ask to be woken for what is due later."""
-        effects: list = []
-        if self.draining:
-            return effects
-        if self.state.state != "disabled":
-            limit = 1 if self.config.ordered else self.config.max_in_flight
-            while len(self.in_flight) < limit:
-                d = self._next_due(now, effects)
-                if d is None or not self._take_token(now, effects):
-                    if d is not None:
-                        self._hold(d)
-                    break
-                self.in_flight[d.seq] = d
-                effects.append(Send(Attempt(self.config, d.seq, d.payload, d.attempts + 1)))
-        if self.spilled and not self.loading and len(self.ready) < self.queue_limit // 2:
-            self.loading = True
-            effects.append(Load(self.generation, self.high, self.queue_limit - len(self.ready)))
-        return effects
-
-    def _next_due(self, now: float, effects: list) -> Delivery | None:
-        retry_head = self.waiting[0] if self.waiting else None
-        if self.config.ordered:
-            # Strict FIFO: the oldest delivery goes first, even if it is waiting for a retry.
-            if retry_head and (not self.ready or retry_head[1] < self.ready[0].seq):
-                if retry_head[0] > now:
-                    self._wake(retry_head[0], effects)
-                    return None
-                return heapq.heappop(self.waiting)[2]
-            return self.ready.popleft() if self.ready else None
-        if retry_head and retry_head[0] <= now:
-            return heapq.heappop(self.waiting)[2]
-        if retry_head:
-            self._wake(retry_head[0], effects)
-        return self.ready.popleft() if self.ready else None
-
-    def _hold(self, d: Delivery) -> None:
-        """Put a delivery back (or in) where it waits: the retry heap or the ready queue."""
-        self.high = max(self.high, d.seq)
-        if d.next_at is not None:
-            heapq.heappush(self.waiting, (d.next_at, d.seq, d))
-        elif self.ready and self.ready[0].seq > d.seq:
-            self.ready.appendleft(d)
-        else:
-            self.ready.append(d)
-
-    def _take_token(self, now: float, effects: list) -> bool:
-        rl = self.config.rate_limit
-        if rl is None:
-            return True
-        rate = rl.count / rl.per
-        self.tokens = min(float(rl.count), self.tokens + (now - self.tokens_at) * rate)
-        self.tokens_at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        self._wake(now + (1 - self.tokens) / rate, effects)
-        return False
-
-    def _wake(self, at: float, effects: list) -> None:
-        if self.wake_at is None or at < self.wake_at:
-            self.wake_at = at
-            effects.append(WakeAt(at))
-
-    def _forget_queue(self) -> None:
-        """Drop the in-memory queue; the journal holds it and loads refill it oldest first."""
-        self.generation += 1
-        self.ready.clear()
-        self.high = 0
-        self.spilled = True
-        self.max_spilled = 0
-
-    def _requeue(self, since: float | None = None, include_done: bool = False) -> Requeue:
-        """Ask the journal to make exhausted (or replayed) deliveries pending again.
-
-        Nothing from the ready queue goes out until the answer is in, so the flush
-        is strictly oldest first.
-        """
-        self._forget_queue()
-        self.loading = True
-        return Requeue(self.generation, since, include_done)
-
-    def _resync(self, now: float) -> list:
-        self._forget_queue()
-        self.loading = False
-        return self.pump(now)
-
-    # ------------------------------------------------------------------ health checks
-
-    def _send_probe(self, now: float) -> list:
-        pid = self.new_id()
-        body = f'{{"id":"{pid}","type":"{HEALTH_CHECK}","timestamp":"{iso(now)}","data":{{}}'
-        self.probe = {"id": pid}
-        log.info("webhook %s: sending health check %s", self.config.name, pid)
-        return [Send(Attempt(self.config, 0, Payload(pid, HEALTH_CHECK, body), 1))]
-
-    def _probe_result(self, r: AttemptResult, now: float) -> list:
-        self.probe = None
-        effects: list = []
-        if r.ok and self.state.state == "disabled":
-            self.state = retry.enabled(replace(self.state, last_success=now))
-            log.info(
-                "webhook %s: health check passed; enabled, flushing held deliveries",
-                self.config.name,
-            )
-            effects.append(self._requeue())
-            effects.append(Record(SaveState(self.config.name, self.state)))
-            answer = self._answer(True, "health check passed")
-        else:
-            error = r.error or "failed"
-            self.state = replace(self.state, last_error=f"health check: {error}")
-            log.warning(
-                "webhook %s: health check failed (%s); stays disabled", self.config.name, error
-            )
-            effects.append(Record(SaveState(self.config.name, self.state)))
-            if self.config.health.probe_interval and self.state.state == "disabled":
-                effects.append(WakeAt(now + self.config.health.probe_interval))
-            answer = self._answer(False, f"health check failed: {error}")
-        waiters, self.probe_waiters = self.probe_waiters, []
-        for w in waiters:
-            w(answer)
-        return effects + self.pump(now)
-
-    def _answer(self, ok: bool, detail: str) -> dict:
-        return {"webhook": self.config.name, "ok": ok, "state": self.state.state, "detail": detail}
-
-    # ------------------------------------------------------------------ status
-
-    def snapshot(self) -> dict:
-        lat = sorted(self.latencies)
-
-        def pct(p: float) -> float | None:
-            return round(lat[min(len(lat) - 1, int(p * len(lat)))], 3) if lat else None
-
-        s = self.state
-        return {
-            "name": self.config.name,
-            "url": _public_url(self.config.url),
-            "state": s.state,
-            "health": retry.health(s),
-            "disabled_reason": s.disabled_reason,
-            "queued": max(0, self.pending_total - len(self.in_flight)),
-            "in_flight": len(self.in_flight),
-            "retrying": len(self.waiting),
-            "delivered": s.delivered,
-            "failed": s.failed,
-            "consecutive_failures": s.consecutive_failures,
-            "last_success": iso(s.last_success),
-            "last_error": s.last_error,
-            "latency_ms": {"p50": pct(0.5), "p99": pct(0.99)},
-        }
-
-
-def _public_url(url: str) -> str:
-    """The URL without credentials or query string (either may carry a token)."""
-    u = urlsplit(url)
-    host = u.hostname or ""
-    if u.port:
-        host = f"{host}:{u.port}"
-    return f"{u.scheme}://{host}{u.path}"
-
-
-# --------------------------------------------------------------------------- the actor
+class MaybeRetire:
+    """Idle for a while? Then give back the thread."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,16 +95,23 @@ class Wiring:
     new_id: Callable[[], str]
 
 
-class Supervisor(pykka.ThreadingActor):
-    """Thin shell over ``WebhookCore``: receives messages, executes the effects."""
+# --------------------------------------------------------------------------- the actor
 
-    def __init__(self, config: WebhookConfig, restored: Restored, wiring: Wiring):
+
+class Supervisor(pykka.ThreadingActor):
+    """Receives a webhook's messages and executes what its core decides."""
+
+    def __init__(self, core: WebhookCore, handle: WebhookHandle, wiring: Wiring):
         super().__init__()
+        self.core = core
+        self.handle = handle
         self.wiring = wiring
-        self.core = WebhookCore(config, restored, wiring.clock.time(), wiring.new_id)
+        self.retire_at: float | None = None
+        self.retired = False
 
     def on_start(self) -> None:
         self._run(self.core.pump(self.wiring.clock.time()))
+        self._after_message()
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -530,6 +121,8 @@ class Supervisor(pykka.ThreadingActor):
                 "webhook %s: failed to handle %s", self.core.config.name, type(message).__name__
             )
             return None
+        finally:
+            self._after_message()
 
     def _handle(self, message: Any) -> Any:
         core, now = self.core, self.wiring.clock.time()
@@ -557,29 +150,42 @@ class Supervisor(pykka.ThreadingActor):
                 return future
             case Reconfigure(config):
                 self._run(core.reconfigure(config, now))
-            case Drain():
-                core.draining = True
             case Snapshot():
                 return core.snapshot()
+            case MaybeRetire():
+                self.retire_at = None
+                idle_long = core.idle() and core.idle_since + IDLE_AFTER <= now
+                if idle_long and self.handle.retire(self):
+                    self.retired = True  # from here on the core is the handle's again
+                    self.actor_ref.stop(block=False)
             case _:
                 log.warning("webhook %s: unknown message %r", core.config.name, message)
         return None
 
-    def _tell_self(self, message: Any) -> None:
-        # Stopped (removed or shutting down): the journal keeps the delivery.
-        with contextlib.suppress(pykka.ActorDeadError):
-            self.actor_ref.tell(message)
+    def _after_message(self) -> None:
+        """Keep the idle clock: once idle long enough, the next MaybeRetire stops us."""
+        if self.retired:
+            return
+        core, now = self.core, self.wiring.clock.time()
+        if not core.idle():
+            core.idle_since = None
+            return
+        if core.idle_since is None:
+            core.idle_since = now
+        if self.retire_at is None:
+            self.retire_at = core.idle_since + IDLE_AFTER
+            self.wiring.scheduler.call_at(self.retire_at, self.handle.tell_if_running)
 
     def _run(self, effects: list) -> None:
-        w = self.wiring
+        w, handle = self.wiring, self.handle
         for e in effects:
             match e:
                 case Send(attempt):
-                    w.pool.submit(attempt, self._tell_self)
+                    w.pool.submit(attempt, handle.tell)
                 case Record(message):
                     w.journal.submit(message)
                 case WakeAt(at):
-                    w.scheduler.call_at(at, lambda: self._tell_self(Tick()))
+                    w.scheduler.call_at(at, handle.tick)
                 case Load(generation, after_seq, limit):
                     name = self.core.config.name
                     w.journal.submit(LoadPending(name, after_seq, limit, self._loaded(generation)))
@@ -590,4 +196,109 @@ class Supervisor(pykka.ThreadingActor):
 
     def _loaded(self, generation: int) -> Callable[[Loaded], None]:
         """The journal's reply, tagged so that answers from before a resync are ignored."""
-        return lambda loaded: self._tell_self(LoadedFor(generation, loaded))
+        return lambda loaded: self.handle.tell(LoadedFor(generation, loaded))
+
+
+# --------------------------------------------------------------------------- the handle
+
+
+class WebhookHandle:
+    """The address of one webhook: starts its supervisor when a message comes.
+
+    Thread-safe. The lock makes "tell" and "retire" exclusive: an actor retires
+    only with an empty inbox, and a tell after that starts a new actor on the
+    same core, so no message is ever sent to an actor on its way out.
+    """
+
+    def __init__(self, core: WebhookCore, wiring: Wiring):
+        self.core = core
+        self.name = core.config.name
+        self._wiring = wiring
+        self._lock = threading.Lock()
+        self._ref: pykka.ActorRef | None = None
+        self._closed = False
+        self.restarts = 0
+
+    # ---- sending
+
+    def tell(self, message: Any) -> None:
+        with self._lock:
+            ref = self._running()
+            if ref is not None:
+                ref.tell(message)
+
+    def tick(self) -> None:
+        self.tell(Tick())
+
+    def tell_if_running(self) -> None:
+        """The retire check: pointless to start an actor just to stop it."""
+        with self._lock:
+            if self._ref is not None and self._ref.is_alive():
+                self._ref.tell(MaybeRetire())
+
+    def ask(self, message: Any, timeout: float) -> Any:
+        with self._lock:
+            ref = self._running()
+            if ref is None:
+                raise pykka.ActorDeadError(f"webhook {self.name} is stopped")
+            future = ref.ask(message, block=False)
+        return future.get(timeout=timeout)
+
+    def snapshot(self) -> Any:
+        """The status dict, or a future of it while the actor runs."""
+        with self._lock:
+            if self._ref is None or not self._ref.is_alive():
+                return self.core.snapshot()  # no actor owns the core: read it here
+            return self._ref.ask(Snapshot(), block=False)
+
+    # ---- lifecycle
+
+    def start_if_busy(self) -> None:
+        """At start-up: only webhooks with work get a thread."""
+        with self._lock:
+            if not self.core.idle():
+                self._running()
+
+    def retire(self, actor: Supervisor) -> bool:
+        """Called by the actor when idle; True means: stop now, nothing can reach you."""
+        with self._lock:
+            if self._ref is not actor.actor_ref or not actor.actor_inbox.empty():
+                return False
+            self._ref = None
+            return True
+
+    def drain(self) -> None:
+        """Shutting down: no new attempts, whether the actor runs or not."""
+        with self._lock:
+            self.core.draining = True  # read by the actor only when handling a message
+
+    def close(self) -> pykka.ActorRef | None:
+        """Stop the actor (if any) and refuse further messages. Returns the stopping ref."""
+        with self._lock:
+            self._closed = True
+            ref, self._ref = self._ref, None
+        if ref is not None:
+            try:
+                ref.stop(block=False)
+            except pykka.ActorDeadError:
+                return None
+        return ref
+
+    def running(self) -> bool:
+        return self._ref is not None
+
+    def dead(self) -> bool:
+        """The actor died without retiring (a bug): the owner logs and restarts it."""
+        ref = self._ref
+        return ref is not None and not ref.is_alive()
+
+    def _running(self) -> pykka.ActorRef | None:
+        if self._closed:
+            return None
+        if self._ref is not None and self._ref.is_alive():
+            return self._ref
+        if self._ref is not None:
+            self.restarts += 1
+            log.error("webhook %s: supervisor died; restarting it", self.name)
+        self._ref = Supervisor.start(self.core, self, self._wiring)
+        return self._ref

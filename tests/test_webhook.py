@@ -1,4 +1,4 @@
-"""The supervisor's plain logic: queue, retries, health, spill, ordering. No threads."""
+"""The webhook core, the supervisor's plain logic: queue, retries, health, spill, order."""
 
 import itertools
 
@@ -12,7 +12,7 @@ from router.messages import (
     SaveState,
     WebhookState,
 )
-from router.supervisor import Load, Record, Requeue, Restored, Send, WakeAt, WebhookCore
+from router.webhook import Load, Record, Requeue, Restored, Send, WakeAt, WebhookCore
 
 
 def hook(**kw) -> WebhookConfig:
@@ -253,3 +253,23 @@ def test_replay_asks_the_journal_for_done_deliveries_too():
 def test_snapshot_never_shows_credentials_or_query_of_the_url():
     c = core(url="https://user:pw@example.com/hook?token=abc")
     assert c.snapshot()["url"] == "https://example.com/hook"
+
+
+def test_idle_means_nothing_in_flight_waiting_or_queued():
+    c = core(max_in_flight=1)
+    assert c.idle()
+    c.enqueue((d(1), d(2)), 0.0)
+    assert not c.idle()  # one in flight, one queued
+    c.result(res(1), 0.0)  # d(2) goes out while d(1) waits for its retry
+    c.result(res(2, ok=True, status=200), 0.0)
+    assert not c.idle()  # the retry is waiting
+    assert sent(c.tick(10.0)) == [(1, 2)]
+    c.result(res(1, 2, ok=True, status=200), 10.0)
+    assert c.idle()
+
+
+def test_a_disabled_webhook_holding_deliveries_is_idle():
+    c = core()
+    c.disable()
+    c.enqueue((d(1),), 0.0)
+    assert c.idle() and c.snapshot()["queued"] == 1
