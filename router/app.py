@@ -201,7 +201,12 @@ class App:
         self.filter.tell(Route(items))
 
     def _committed(self, committed: list[Committed]) -> None:
-        """Journal → supervisors and acks (called on the journal's thread after commit)."""
+        """Journal → acks and supervisors (called on the journal's thread after commit).
+
+        Acks go first: the events are durable now, and starting the supervisors of
+        idle webhooks (a thread each) must not hold the producers up.
+        """
+        self.channel.committed(committed)
         by_webhook: dict[str, list[Delivery]] = defaultdict(list)
         duplicates = 0
         for c in committed:
@@ -220,7 +225,6 @@ class App:
                 self.journal.submit(Cancel(name))  # routed just before the webhook was removed
             else:
                 handle.tell(Enqueue(tuple(deliveries)))
-        self.channel.committed(committed)
 
     def _journal_failed(self, append: Append, reason: str) -> None:
         self.channel.failed(append.items, reason)
