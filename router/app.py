@@ -9,6 +9,7 @@ filter (routes what it holds), supervisors drain their in-flight attempts within
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import select
@@ -108,6 +109,7 @@ class App:
     def start(self) -> None:
         cfg = self.config
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
+        self._lock_state_dir()
         threading.stack_size(THREAD_STACK)
         self.journal.open()
         restored = self.journal.load([w.name for w in cfg.webhooks], QUEUE_LIMIT)
@@ -137,6 +139,18 @@ class App:
             ", ".join(a for a in (cfg.ingest.bind, cfg.ingest.ack_bind) if a),
             cfg.control_bind,
         )
+
+    def _lock_state_dir(self) -> None:
+        """One daemon per state_dir: a second would share the journal and steal ipc sockets."""
+        path = os.path.join(self.config.state_dir, "lock")
+        self._lock_file = open(path, "a+")  # noqa: SIM115 — held open while we run
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise RouterError(
+                f"another webhook-router is already running on {self.config.state_dir}"
+            ) from None
 
     def _start_supervisors(self, webhooks: Iterable[WebhookConfig], restored: dict) -> None:
         """A handle per webhook; only those with work get a thread now."""

@@ -151,7 +151,9 @@ def hooks():
 class Daemon:
     """``webhook-router run`` as a subprocess on a config written into ``tmp``."""
 
-    def __init__(self, tmp: Path, webhooks: list[dict], **top: Any) -> None:
+    def __init__(
+        self, tmp: Path, webhooks: list[dict], notify_name: str = "notify.sock", **top: Any
+    ) -> None:
         self.tmp = tmp
         self.config_path = tmp / "router.yaml"
         self.pull = f"ipc://{tmp}/pull.sock"
@@ -171,9 +173,9 @@ class Daemon:
         self.settings.update(top)
         self.write()
         self.proc: subprocess.Popen | None = None
-        self.log_path = tmp / "daemon.log"
+        self.log_path = tmp / notify_name.replace("notify", "daemon").replace(".sock", ".log")
         self._ctx = zmq.Context.instance()
-        self._notify_path = str(tmp / "notify.sock")
+        self._notify_path = str(tmp / notify_name)
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(self._notify_path)
         self.notifications: list[str] = []

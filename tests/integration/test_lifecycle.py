@@ -1,6 +1,6 @@
 """Reload, kill -9, SIGTERM, and refusing a broken config: nothing accepted is lost."""
 
-from tests.integration.conftest import Reply, wait_until
+from tests.integration.conftest import Daemon, Reply, wait_until
 
 
 def test_acked_events_survive_kill_9_and_go_out_after_restart(hooks, daemon_factory):
@@ -97,3 +97,16 @@ def test_pull_events_are_journaled_and_delivered(hooks, daemon_factory):
         d.send({"type": "T", "id": f"p{i}"}, ack=False)
     wait_until(lambda: len(hooks.at("/p")) == 100, what="100 deliveries")
     assert sorted(hooks.ids("/p")) == sorted(f"p{i}" for i in range(100))
+
+
+def test_a_second_daemon_on_the_same_state_dir_refuses_to_start(hooks, daemon_factory, tmp_path):
+    first = daemon_factory([{"name": "a", "url": hooks.url("/a")}]).start()
+    second = Daemon(tmp_path, first.settings["webhooks"], notify_name="notify2.sock")
+    try:
+        second.start(wait_ready=False)
+        assert second.proc.wait(20) == 1
+        assert "another webhook-router is already running" in second.log()
+    finally:
+        second.close()
+    first.send({"type": "T", "id": "still-served"})
+    wait_until(lambda: hooks.ids("/a") == ["still-served"], what="the first daemon")
