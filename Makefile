@@ -33,6 +33,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/bench_filter.py
 	$(PY) bench/bench_journal.py
 	$(PY) bench/bench_delivery.py
+	$(PY) bench/bench_scale.py
 
 clean:
 	rm -rf $(VENV) var *.egg-info .pytest_cache
