@@ -368,11 +368,13 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 1
 
 
-def verify_signature(headers: Any, body: bytes, secrets: list[bytes], now: float) -> str:
-    """Check a Standard Webhooks signature; the answer is for the listen output."""
+def verify_signature(
+    headers: Any, body: bytes, secrets: list[bytes], now: float, hex_header: str = "X-Signature"
+) -> str:
+    """Check a Standard Webhooks (or hex HMAC) signature; the answer is for the listen output."""
     signature = headers.get("webhook-signature")
     if not signature:
-        return "unsigned"
+        return _verify_hex(headers.get(hex_header), body, secrets)
     if not secrets:
         return "signature unchecked (no --secret)"
     msg_id, stamp = headers.get("webhook-id"), headers.get("webhook-timestamp") or ""
@@ -387,6 +389,18 @@ def verify_signature(headers: Any, body: bytes, secrets: list[bytes], now: float
         if version == "v1" and any(hmac.compare_digest(value.encode(), e) for e in expected):
             return "signature ok"
     return "signature BAD"
+
+
+def _verify_hex(signature: str | None, body: bytes, secrets: list[bytes]) -> str:
+    """The ``hmac-sha256-hex`` scheme: hex HMAC-SHA256 of the raw body."""
+    if not signature:
+        return "unsigned"
+    if not secrets:
+        return "signature unchecked (no --secret)"
+    expected = [hmac.new(k, body, hashlib.sha256).hexdigest() for k in secrets]
+    if any(hmac.compare_digest(signature.strip().lower(), e) for e in expected):
+        return "signature ok (hex)"
+    return "signature BAD (hex)"
 
 
 def _listen_handler(secrets: list[bytes], status: int, out_lock: threading.Lock) -> type:

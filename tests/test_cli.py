@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -646,3 +648,11 @@ def test_listen_replies_with_the_requested_status(listener):
     assert hook.post(b"{}", {"Content-Type": "application/json"}) == 503
     assert hook.out.get(timeout=5)
     assert hook.stop() == 0
+
+
+def test_signature_check_verifies_the_hex_scheme_in_its_header():
+    body = b'{"id":"e1"}'
+    good = hmac.new(b"k1", body, hashlib.sha256).hexdigest()
+    assert verify_signature({"X-Signature": good}, body, [b"k1"], 0.0) == "signature ok (hex)"
+    assert verify_signature({"X-Signature": good}, body, [b"k2"], 0.0) == ("signature BAD (hex)")
+    assert verify_signature({}, body, [b"k1"], 0.0) == "unsigned"
