@@ -192,7 +192,10 @@ class Daemon:
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "router", "run", "-c", str(self.config_path)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.tmp,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.tmp,
         )
         deadline = self.started_at + ready_timeout
         self.notify.settimeout(0.05)
@@ -205,8 +208,9 @@ class Daemon:
             except TimeoutError:
                 pass
             if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode} before READY=1:\n"
-                                   + self.log_tail())
+                raise RuntimeError(
+                    f"daemon exited with {self.proc.returncode} before READY=1:\n" + self.log_tail()
+                )
             if time.monotonic() >= deadline:
                 raise RuntimeError(f"no READY=1 within {ready_timeout}s:\n" + self.log_tail())
 
@@ -234,8 +238,11 @@ class Daemon:
     def mem(self) -> tuple[float, float, int]:
         """(VmRSS MiB, VmHWM MiB, Threads)."""
         s = self.proc_status()
-        return (int(s["VmRSS"].split()[0]) / 1024, int(s["VmHWM"].split()[0]) / 1024,
-                int(s["Threads"]))
+        return (
+            int(s["VmRSS"].split()[0]) / 1024,
+            int(s["VmHWM"].split()[0]) / 1024,
+            int(s["Threads"]),
+        )
 
     def cpu_seconds(self) -> float:
         """utime + stime of the daemon, in seconds."""
@@ -269,7 +276,10 @@ class Daemon:
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "router", *args, "-c", str(self.config_path)],
-            capture_output=True, text=True, timeout=timeout, cwd=self.tmp,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.tmp,
         )
 
     def terminate(self, timeout: float = 30.0) -> tuple[float, int | None]:

@@ -35,10 +35,15 @@ ROWS: list[dict] = []
 
 
 def event(prefix: str, i: int) -> bytes:
-    return msgpack.packb({
-        "type": "TODO_CREATED", "id": f"{prefix}-{i}", "company": "acme", "project": "p1",
-        "data": {"sent": time.time(), "i": i, "title": "benchmark event", "priority": "high"},
-    })
+    return msgpack.packb(
+        {
+            "type": "TODO_CREATED",
+            "id": f"{prefix}-{i}",
+            "company": "acme",
+            "project": "p1",
+            "data": {"sent": time.time(), "i": i, "title": "benchmark event", "priority": "high"},
+        }
+    )
 
 
 def wait_delivered(rx: Receiver, expected: int, timeout: float) -> bool:
@@ -73,11 +78,14 @@ def snapshot(d: Daemon, row: dict, cpu_before: float) -> None:
     now_ = d.thread_cpu()
     # creation rank: by start tick, then id (ids wrap at pid_max); 0 = main thread
     order = sorted(now_, key=lambda t: (now_[t][0], t))
-    delta = sorted(((now_[t][1] - THREADS_BEFORE.get(t, (0, 0.0, 0))[1], order.index(t))
-                    for t in now_), reverse=True)
+    delta = sorted(
+        ((now_[t][1] - THREADS_BEFORE.get(t, (0, 0.0, 0))[1], order.index(t)) for t in now_),
+        reverse=True,
+    )
     busy = [(c, i) for c, i in delta if c >= 0.05]
     row["top_threads"] = ", ".join(f"#{i}:{c:.1f}s" for c, i in busy[:6]) + (
-        f" (+{len(busy) - 6} more busy)" if len(busy) > 6 else "")
+        f" (+{len(busy) - 6} more busy)" if len(busy) > 6 else ""
+    )
     THREADS_BEFORE.clear()
     THREADS_BEFORE.update(now_)
 
@@ -99,10 +107,16 @@ def phase_push(ctx, d: Daemon, rx: Receiver, name: str, n: int, paths: int, time
         sock.close()
     records = rx.dump()
     last = max((r[0] for r in records), default=t0)
-    row = {"phase": name, "events": n, "deliveries": len(records),
-           "accepted_s": n / max(t_sent - t0, 1e-9), "accept_note": "(sent into ZMQ)",
-           "delivered_s": len(records) / max(last - t0, 1e-9), "complete": ok,
-           **check_records(records, n, paths)}
+    row = {
+        "phase": name,
+        "events": n,
+        "deliveries": len(records),
+        "accepted_s": n / max(t_sent - t0, 1e-9),
+        "accept_note": "(sent into ZMQ)",
+        "delivered_s": len(records) / max(last - t0, 1e-9),
+        "complete": ok,
+        **check_records(records, n, paths),
+    }
     snapshot(d, row, cpu0)
     ROWS.append(row)
     return row
@@ -154,10 +168,17 @@ def phase_dealer(ctx, d: Daemon, rx: Receiver, name: str, n: int, timeout: float
         sock.close()
     records = rx.dump()
     last = max((r[0] for r in records), default=t0)
-    row = {"phase": name, "events": n, "deliveries": len(records),
-           "accepted_s": acks / max(t_last_ack - t0, 1e-9), "accept_note": f"({acks} acks)",
-           "delivered_s": len(records) / max(last - t0, 1e-9), "complete": ok,
-           "ack_errors": dict(err_examples), **check_records(records, n, 1)}
+    row = {
+        "phase": name,
+        "events": n,
+        "deliveries": len(records),
+        "accepted_s": acks / max(t_last_ack - t0, 1e-9),
+        "accept_note": f"({acks} acks)",
+        "delivered_s": len(records) / max(last - t0, 1e-9),
+        "complete": ok,
+        "ack_errors": dict(err_examples),
+        **check_records(records, n, 1),
+    }
     snapshot(d, row, cpu0)
     ROWS.append(row)
     return row
@@ -186,8 +207,17 @@ def phase_latency(ctx, d: Daemon, rx: Receiver, rate: float, seconds: float):
                     _collect_acks(sock, sent_at, ack_lat)
             eid = f"lat-{i}"
             sent_at[eid] = time.time()
-            sock.send(msgpack.packb({"type": "TODO_CREATED", "id": eid, "project": "p1",
-                                     "company": "acme", "data": {"sent": sent_at[eid]}}))
+            sock.send(
+                msgpack.packb(
+                    {
+                        "type": "TODO_CREATED",
+                        "id": eid,
+                        "project": "p1",
+                        "company": "acme",
+                        "data": {"sent": sent_at[eid]},
+                    }
+                )
+            )
         end = time.monotonic() + 15
         while len(ack_lat) < n and time.monotonic() < end:
             if sock.poll(100, zmq.POLLIN):
@@ -198,11 +228,16 @@ def phase_latency(ctx, d: Daemon, rx: Receiver, rate: float, seconds: float):
     records = rx.dump()
     lat = sorted((t - sent_at[w]) * 1000 for t, _, w in records if w in sent_at)
     ack_lat.sort()
-    row = {"phase": f"latency {rate:g}/s x {seconds:g}s", "events": n, "deliveries": len(records),
-           "complete": ok, **check_records(records, n, 1),
-           "lat": {p: pct(lat, p) for p in (50, 90, 99)} | {"max": lat[-1] if lat else None},
-           "ack": {p: pct(ack_lat, p) for p in (50, 90, 99)}
-           | {"max": ack_lat[-1] if ack_lat else None}}
+    row = {
+        "phase": f"latency {rate:g}/s x {seconds:g}s",
+        "events": n,
+        "deliveries": len(records),
+        "complete": ok,
+        **check_records(records, n, 1),
+        "lat": {p: pct(lat, p) for p in (50, 90, 99)} | {"max": lat[-1] if lat else None},
+        "ack": {p: pct(ack_lat, p) for p in (50, 90, 99)}
+        | {"max": ack_lat[-1] if ack_lat else None},
+    }
     snapshot(d, row, cpu0)
     ROWS.append(row)
     return row
@@ -229,8 +264,12 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="latency phase events/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="latency phase duration")
     parser.add_argument("--fanout", type=int, default=4, help="webhooks in the fan-out phase")
-    parser.add_argument("--fanout-events", type=int, default=10_000,
-                        help="events in the fan-out phase (deliveries = this x --fanout)")
+    parser.add_argument(
+        "--fanout-events",
+        type=int,
+        default=10_000,
+        help="events in the fan-out phase (deliveries = this x --fanout)",
+    )
     parser.add_argument("--timeout", type=float, default=90.0, help="deadline per phase (s)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, journal)")
     args = parser.parse_args()
@@ -251,15 +290,22 @@ def main() -> int:
         ready = d.start()
         THREADS_BEFORE.update(d.thread_cpu())
         rss, hwm, threads = d.mem()
-        print(f"daemon pid {d.pid}: READY=1 after {ready:.2f}s; idle RSS {rss:.1f} MiB, "
-              f"{threads} threads")
+        print(
+            f"daemon pid {d.pid}: READY=1 after {ready:.2f}s; idle RSS {rss:.1f} MiB, "
+            f"{threads} threads"
+        )
         ROWS.append({"phase": "idle (1 webhook)", "rss": rss, "hwm": hwm, "threads": threads})
-        for fn, fargs in ((phase_push, ("push-1", args.events, 1, args.timeout)),
-                          (phase_dealer, ("dealer-1", args.events, args.timeout)),
-                          (phase_latency, (args.rate, args.seconds))):
+        for fn, fargs in (
+            (phase_push, ("push-1", args.events, 1, args.timeout)),
+            (phase_dealer, ("dealer-1", args.events, args.timeout)),
+            (phase_latency, (args.rate, args.seconds)),
+        ):
             row = fn(ctx, d, rx, *fargs)
-            print(f"  {row['phase']}: done ({'complete' if row['complete'] else 'INCOMPLETE'}, "
-                  f"lost {row['lost']}, dups {row['dups']})", flush=True)
+            print(
+                f"  {row['phase']}: done ({'complete' if row['complete'] else 'INCOMPLETE'}, "
+                f"lost {row['lost']}, dups {row['dups']})",
+                flush=True,
+            )
             if not row["complete"] or not d.alive():
                 failed = True
                 print("daemon log tail:\n" + d.log_tail())
@@ -277,10 +323,20 @@ def main() -> int:
             d4.start()
             THREADS_BEFORE.clear()
             THREADS_BEFORE.update(d4.thread_cpu())
-            row = phase_push(ctx, d4, rx, f"push-{args.fanout}", args.fanout_events, args.fanout,
-                             args.timeout * 2)
-            print(f"  {row['phase']}: done ({'complete' if row['complete'] else 'INCOMPLETE'}, "
-                  f"lost {row['lost']}, dups {row['dups']})", flush=True)
+            row = phase_push(
+                ctx,
+                d4,
+                rx,
+                f"push-{args.fanout}",
+                args.fanout_events,
+                args.fanout,
+                args.timeout * 2,
+            )
+            print(
+                f"  {row['phase']}: done ({'complete' if row['complete'] else 'INCOMPLETE'}, "
+                f"lost {row['lost']}, dups {row['dups']})",
+                flush=True,
+            )
             if not row["complete"]:
                 failed = True
                 print("daemon log tail:\n" + d4.log_tail())
@@ -298,23 +354,31 @@ def main() -> int:
         ctx.term()
 
     print()
-    print(f"{'phase':<24}{'events':>8}{'deliv.':>8}{'accepted/s':>12}{'delivered/s':>13}"
-          f"{'lost':>6}{'dups':>6}{'RSS MiB':>9}{'HWM MiB':>9}{'thr':>5}{'CPU s':>7}")
+    print(
+        f"{'phase':<24}{'events':>8}{'deliv.':>8}{'accepted/s':>12}{'delivered/s':>13}"
+        f"{'lost':>6}{'dups':>6}{'RSS MiB':>9}{'HWM MiB':>9}{'thr':>5}{'CPU s':>7}"
+    )
     for r in ROWS:
-        print(f"{r['phase']:<24}{fmt(r.get('events')):>8}{fmt(r.get('deliveries')):>8}"
-              f"{fmt(r.get('accepted_s')):>12}{fmt(r.get('delivered_s')):>13}"
-              f"{fmt(r.get('lost')):>6}{fmt(r.get('dups')):>6}{fmt(r.get('rss'), '.1f'):>9}"
-              f"{fmt(r.get('hwm'), '.1f'):>9}{fmt(r.get('threads')):>5}"
-              f"{fmt(r.get('cpu'), '.1f'):>7}")
+        print(
+            f"{r['phase']:<24}{fmt(r.get('events')):>8}{fmt(r.get('deliveries')):>8}"
+            f"{fmt(r.get('accepted_s')):>12}{fmt(r.get('delivered_s')):>13}"
+            f"{fmt(r.get('lost')):>6}{fmt(r.get('dups')):>6}{fmt(r.get('rss'), '.1f'):>9}"
+            f"{fmt(r.get('hwm'), '.1f'):>9}{fmt(r.get('threads')):>5}"
+            f"{fmt(r.get('cpu'), '.1f'):>7}"
+        )
     for r in ROWS:
         if "lat" in r:
             lat, ack = r["lat"], r["ack"]
-            print(f"{r['phase']}: delivery latency ms p50 {fmt(lat[50], '.1f')}  "
-                  f"p90 {fmt(lat[90], '.1f')}  p99 {fmt(lat[99], '.1f')}  "
-                  f"max {fmt(lat['max'], '.1f')}")
-            print(f"{'':{len(r['phase'])}}  ack latency ms      p50 {fmt(ack[50], '.1f')}  "
-                  f"p90 {fmt(ack[90], '.1f')}  p99 {fmt(ack[99], '.1f')}  "
-                  f"max {fmt(ack['max'], '.1f')}")
+            print(
+                f"{r['phase']}: delivery latency ms p50 {fmt(lat[50], '.1f')}  "
+                f"p90 {fmt(lat[90], '.1f')}  p99 {fmt(lat[99], '.1f')}  "
+                f"max {fmt(lat['max'], '.1f')}"
+            )
+            print(
+                f"{'':{len(r['phase'])}}  ack latency ms      p50 {fmt(ack[50], '.1f')}  "
+                f"p90 {fmt(ack[90], '.1f')}  p99 {fmt(ack[99], '.1f')}  "
+                f"max {fmt(ack['max'], '.1f')}"
+            )
         if r.get("top_threads"):
             print(f"{r['phase']}: daemon threads by CPU (creation rank: s) {r['top_threads']}")
         if r.get("ack_errors"):

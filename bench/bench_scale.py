@@ -31,8 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import Daemon, Receiver, base_config, wait_until
 
-WHERE_HIGH = {"all": [{"field": "data.priority", "in": ["high", "urgent"]},
-                      {"not": {"field": "data.archived", "eq": True}}]}
+WHERE_HIGH = {
+    "all": [
+        {"field": "data.priority", "in": ["high", "urgent"]},
+        {"not": {"field": "data.archived", "eq": True}},
+    ]
+}
 
 
 def webhook(i: int, rx: Receiver, companies: int) -> tuple[dict, bool]:
@@ -49,8 +53,10 @@ def webhook(i: int, rx: Receiver, companies: int) -> tuple[dict, bool]:
     elif kind == 2:
         w.update(events=["*_CREATED"], projects=[p], companies=[c])
     elif kind == 3:
-        w["match"] = [{"events": ["COMMENT_*"], "projects": [p]},
-                      {"events": ["TODO_CREATED"], "projects": [p]}]
+        w["match"] = [
+            {"events": ["COMMENT_*"], "projects": [p]},
+            {"events": ["TODO_CREATED"], "projects": [p]},
+        ]
     elif kind == 4 and i % 50 == 4:
         w.update(events=["TODO_CREATED"], projects=[p], where=WHERE_HIGH)
     elif kind == 4:
@@ -65,8 +71,11 @@ def webhook(i: int, rx: Receiver, companies: int) -> tuple[dict, bool]:
     elif kind == 8:
         w.update(events=["TODO_CREATED", "COMMENT_CREATED", "FILE_UPLOADED"], projects=[p])
     elif kind == 9 and i % 50 == 9:
-        w.update(events=["todo.*", "TODO_CREATED"], projects=[p],
-                 where={"field": "data.priority", "ne": "low"})
+        w.update(
+            events=["todo.*", "TODO_CREATED"],
+            projects=[p],
+            where={"field": "data.priority", "ne": "low"},
+        )
     else:
         w.update(events=["TODO_CREATED"], projects=[p])
     return w, matches
@@ -110,18 +119,31 @@ def main() -> int:
         path = tmp / "router.yaml"
         dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
         path.write_text(yaml.dump(cfg, Dumper=dumper, sort_keys=False))
-        kinds = Counter("match" if "match" in w else "where" if "where" in w else
-                        "glob" if any("*" in e or "?" in e for e in w.get("events", ["*"])) else
-                        "companies" if "companies" in w else "exact" for w in hooks)
-        print(f"{n} webhooks ({dict(kinds)}), {projects} projects, {companies} companies; "
-              f"config {path.stat().st_size / 1e6:.1f} MB in {tmp}")
+        kinds = Counter(
+            "match"
+            if "match" in w
+            else "where"
+            if "where" in w
+            else "glob"
+            if any("*" in e or "?" in e for e in w.get("events", ["*"]))
+            else "companies"
+            if "companies" in w
+            else "exact"
+            for w in hooks
+        )
+        print(
+            f"{n} webhooks ({dict(kinds)}), {projects} projects, {companies} companies; "
+            f"config {path.stat().st_size / 1e6:.1f} MB in {tmp}"
+        )
 
         one = tmp / "one.yaml"
         one.write_text(yaml.safe_dump(base_config(tmp, [hooks[0]]), sort_keys=False))
         t_one, _ = timed([sys.executable, "-m", "router", "check", "-c", str(one)], tmp)
         t_check, proc = timed([sys.executable, "-m", "router", "check", "-c", str(path)], tmp)
-        fig("check time", f"{t_check:.2f} s (exit {proc.returncode}; "
-                          f"1-webhook baseline {t_one:.2f} s)")
+        fig(
+            "check time",
+            f"{t_check:.2f} s (exit {proc.returncode}; 1-webhook baseline {t_one:.2f} s)",
+        )
         if proc.returncode != 0:
             print((proc.stdout + proc.stderr)[-3000:])
             failed = True
@@ -139,25 +161,44 @@ def main() -> int:
         idle = (d.cpu_seconds() - cpu0) / (time.monotonic() - t0)
         fig(f"idle CPU over {args.idle_seconds:g} s", f"{idle * 100:.1f} % of one core")
 
-        t_status, proc = timed([sys.executable, "-m", "router", "status", "--json",
-                                "-c", str(path)], tmp)
+        t_status, proc = timed(
+            [sys.executable, "-m", "router", "status", "--json", "-c", str(path)], tmp
+        )
         if proc.returncode != 0:  # the CLI's default 10 s wait ran out: how long does it take?
-            fig("status --json -c FILE",
-                f"{t_status:.2f} s, FAILED exit {proc.returncode}: {proc.stderr.strip()[-200:]}")
+            fig(
+                "status --json -c FILE",
+                f"{t_status:.2f} s, FAILED exit {proc.returncode}: {proc.stderr.strip()[-200:]}",
+            )
         else:
             fig("status --json -c FILE", f"{t_status:.2f} s, ok")
         # --control skips the CLI's own parse of the config file: the daemon's share
-        t_status, proc = timed([sys.executable, "-m", "router", "status", "--json", "--timeout",
-                                "120", "--control", f"ipc://{tmp}/state/control.sock"],
-                               tmp, timeout=150)
+        t_status, proc = timed(
+            [
+                sys.executable,
+                "-m",
+                "router",
+                "status",
+                "--json",
+                "--timeout",
+                "120",
+                "--control",
+                f"ipc://{tmp}/state/control.sock",
+            ],
+            tmp,
+            timeout=150,
+        )
         if proc.returncode == 0:
             status = json.loads(proc.stdout)
             states = Counter(w.get("state") for w in status.get("webhooks", []))
-            fig("status --json --control ADDR",
-                f"{t_status:.2f} s, {len(proc.stdout) / 1e6:.1f} MB, states {dict(states)}")
+            fig(
+                "status --json --control ADDR",
+                f"{t_status:.2f} s, {len(proc.stdout) / 1e6:.1f} MB, states {dict(states)}",
+            )
         else:
-            fig("status --json", f"{t_status:.2f} s, FAILED exit {proc.returncode}: "
-                                 f"{proc.stderr.strip()[-300:]}")
+            fig(
+                "status --json",
+                f"{t_status:.2f} s, FAILED exit {proc.returncode}: {proc.stderr.strip()[-300:]}",
+            )
 
         # ---- the burst: each event goes to one project's pair of webhooks
         expected: set[tuple[str, str]] = set()
@@ -168,10 +209,17 @@ def main() -> int:
             for i in (2 * k, 2 * k + 1):
                 if i < n and matching[i]:
                     expected.add((f"/h/{i}", eid))
-            payloads.append(msgpack.packb({
-                "type": "TODO_CREATED", "id": eid, "project": f"p{k}",
-                "company": f"c{k % companies}",
-                "data": {"priority": "high", "archived": False, "sent": 0.0, "j": j}}))
+            payloads.append(
+                msgpack.packb(
+                    {
+                        "type": "TODO_CREATED",
+                        "id": eid,
+                        "project": f"p{k}",
+                        "company": f"c{k % companies}",
+                        "data": {"priority": "high", "archived": False, "sent": 0.0, "j": j},
+                    }
+                )
+            )
         base = rx.count
         cpu0 = d.cpu_seconds()
         user0, sys0 = d.cpu_split()
@@ -199,8 +247,9 @@ def main() -> int:
                         acks += bool(r.get("ok"))
                         errors += not r.get("ok")
             t_acked = time.time()
-            done = wait_until(lambda: rx.count - base >= len(expected),
-                              max(1.0, deadline - time.monotonic()))
+            done = wait_until(
+                lambda: rx.count - base >= len(expected), max(1.0, deadline - time.monotonic())
+            )
         finally:
             sock.close()
         threads1 = d.thread_cpu()
@@ -210,38 +259,55 @@ def main() -> int:
         lost = len(expected - set(got))
         stray = len(set(got) - expected)
         dups = sum(c - 1 for c in got.values() if c > 1)
-        fig(f"burst of {args.events} events", f"{len(expected)} deliveries expected "
+        fig(
+            f"burst of {args.events} events",
+            f"{len(expected)} deliveries expected "
             f"({len(expected) / args.events:.2f}/event), {len(records)} received; "
-            f"lost {lost}, misrouted {stray}, dups {dups}" + ("" if done else " (DEADLINE)"))
-        fig("accepted (acks)", f"{acks} ok, {errors} errors, "
-                               f"{acks / max(t_acked - t_start, 1e-9):,.0f} acks/s, first ack "
-                               f"after {((t_first_ack or t_acked) - t_start) * 1000:.0f} ms")
-        fig("delivered", f"{len(records) / max(last - t_start, 1e-9):,.0f} deliveries/s "
-                         f"(first send -> last received, {last - t_start:.2f} s)")
+            f"lost {lost}, misrouted {stray}, dups {dups}" + ("" if done else " (DEADLINE)"),
+        )
+        fig(
+            "accepted (acks)",
+            f"{acks} ok, {errors} errors, "
+            f"{acks / max(t_acked - t_start, 1e-9):,.0f} acks/s, first ack "
+            f"after {((t_first_ack or t_acked) - t_start) * 1000:.0f} ms",
+        )
+        fig(
+            "delivered",
+            f"{len(records) / max(last - t_start, 1e-9):,.0f} deliveries/s "
+            f"(first send -> last received, {last - t_start:.2f} s)",
+        )
         order = sorted(threads1, key=lambda t: (threads1[t][0], t))  # creation rank, 0 = main
         zero = (0, 0.0, 0)
-        busy = sorted(((threads1[t][1] - threads0.get(t, zero)[1], order.index(t))
-                       for t in threads1), reverse=True)
+        busy = sorted(
+            ((threads1[t][1] - threads0.get(t, zero)[1], order.index(t)) for t in threads1),
+            reverse=True,
+        )
         ran = sum(1 for t in threads1 if threads1[t][2] > threads0.get(t, zero)[2])
         slices = sum(threads1[t][2] - threads0.get(t, zero)[2] for t in threads1)
-        fig("busiest daemon threads in burst", ", ".join(f"#{r}:{c:.1f}s" for c, r in busy[:6])
+        fig(
+            "busiest daemon threads in burst",
+            ", ".join(f"#{r}:{c:.1f}s" for c, r in busy[:6])
             + f"; {ran} threads ran, {slices:,} times scheduled, all threads "
-            f"{sum(c for c, _ in busy):.1f} CPU s")
+            f"{sum(c for c, _ in busy):.1f} CPU s",
+        )
         user1, sys1 = d.cpu_split()
         fig("daemon CPU in burst user / system", f"{user1 - user0:.1f} s / {sys1 - sys0:.1f} s")
         rss, hwm, threads = d.mem()
-        fig("after burst RSS / HWM / threads / CPU",
-            f"{rss:.1f} MiB / {hwm:.1f} MiB / {threads} / {d.cpu_seconds() - cpu0:.1f} s")
+        fig(
+            "after burst RSS / HWM / threads / CPU",
+            f"{rss:.1f} MiB / {hwm:.1f} MiB / {threads} / {d.cpu_seconds() - cpu0:.1f} s",
+        )
         if not done or lost or stray or dups:
             failed = True
             print("daemon log tail:\n" + d.log_tail())
 
         t_exit, code = d.terminate(timeout=60)
-        fig("SIGTERM -> exit", f"{t_exit:.2f} s, exit code "
-                               f"{code if code is not None else 'none (killed after 60 s)'}")
+        fig(
+            "SIGTERM -> exit",
+            f"{t_exit:.2f} s, exit code {code if code is not None else 'none (killed after 60 s)'}",
+        )
         log = d.log_path.read_text(errors="replace").splitlines()
-        levels = Counter(w for line in log for w in ("ERROR", "WARNING", "Traceback")
-                         if w in line)
+        levels = Counter(w for line in log for w in ("ERROR", "WARNING", "Traceback") if w in line)
         fig("daemon log", f"{len(log)} lines, {dict(levels) or 'no errors/warnings'}")
         for line in log:
             if "WARNING" in line or "ERROR" in line:
