@@ -134,3 +134,12 @@ def test_send_command_publishes_to_the_running_daemon(hooks, daemon_factory):
         {"k": 1},
     )
     assert req.json["id"] in proc.stdout
+
+
+def test_rate_limit_spaces_deliveries(hooks, daemon_factory):
+    d = daemon_factory([{"name": "rl", "url": hooks.url("/rl"), "rate_limit": "5/s"}]).start()
+    for i in range(10):
+        d.send({"type": "T", "id": f"r{i}"})
+    reqs = wait_until(lambda: len(hooks.at("/rl")) == 10 and hooks.at("/rl"), what="10 deliveries")
+    # A burst of 5 (the bucket), then one every 200 ms: the last comes about 1 s after the first.
+    assert reqs[-1].at - reqs[0].at >= 0.9

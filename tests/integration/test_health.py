@@ -60,3 +60,24 @@ def test_held_deliveries_survive_a_restart(hooks, daemon_factory):
     assert (w["state"], w["queued"]) == ("disabled", 1)
     assert d.cli("enable", "m").returncode == 0
     wait_until(lambda: hooks.ids("/m", "T") == ["kept"], what="the held delivery")
+
+
+def test_probe_interval_brings_a_gone_webhook_back_by_itself(hooks, daemon_factory):
+    hooks.script("/p", Reply(410))
+    d = daemon_factory(
+        [
+            {
+                "name": "p",
+                "url": hooks.url("/p"),
+                "max_in_flight": 1,
+                "health": {"probe_interval": "300ms"},
+            }
+        ]
+    ).start()
+    d.send({"type": "T", "id": "p1"})
+    wait_until(lambda: d.webhook("p")["state"] == "disabled", what="disabled by 410")
+    d.send({"type": "T", "id": "p2"})
+    # The next health check gets a 200 (the script is used up): enabled, both flushed.
+    wait_until(lambda: hooks.ids("/p", "T") == ["p1", "p1", "p2"], what="the flush")
+    assert hooks.at("/p", "WEBHOOK_HEALTH_CHECK")
+    assert d.webhook("p")["state"] == "active"
