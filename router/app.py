@@ -19,7 +19,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import pykka
@@ -66,15 +66,6 @@ def sd_notify(*lines: str) -> None:
             s.sendall("\n".join(lines).encode())
     except OSError as e:
         log.warning("sd_notify failed: %s", e)
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadResult:
-    ok: bool
-    errors: tuple[str, ...] = ()
-    added: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    changed: tuple[str, ...] = ()
 
 
 class App:
@@ -246,17 +237,11 @@ class App:
     # ------------------------------------------------------------------ reload
 
     def reload(self) -> dict:
+        """Validate the file, then apply the difference (SIGHUP and the control socket)."""
         with self._reload_lock:
-            r = self._reload()
-        return {
-            "ok": r.ok,
-            "errors": list(r.errors),
-            "added": list(r.added),
-            "removed": list(r.removed),
-            "changed": list(r.changed),
-        }
+            return self._reload()
 
-    def _reload(self) -> ReloadResult:
+    def _reload(self) -> dict:
         sd_notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             new = config.load(self.config.path)
@@ -266,7 +251,7 @@ class App:
                 log.error("reload refused: %s", line)
             log.error("reload refused: the old configuration keeps running")
             sd_notify("READY=1", "STATUS=reload refused: invalid config")
-            return ReloadResult(False, tuple(e.errors))
+            return {"ok": False, "errors": e.errors, "added": [], "removed": [], "changed": []}
         old = self.config
         for key in ("state_dir", "ingest", "control_bind", "metrics_bind", "delivery_workers"):
             if getattr(old, key) != getattr(new, key):
@@ -298,9 +283,13 @@ class App:
             [w.name for w in changed],
         )
         sd_notify("READY=1", f"STATUS={len(new.webhooks)} webhooks")
-        return ReloadResult(
-            True, (), tuple(w.name for w in added), tuple(removed), tuple(w.name for w in changed)
-        )
+        return {
+            "ok": True,
+            "errors": [],
+            "added": [w.name for w in added],
+            "removed": removed,
+            "changed": [w.name for w in changed],
+        }
 
     # ------------------------------------------------------------------ control
 
