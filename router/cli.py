@@ -7,31 +7,24 @@ Exit codes: 0 ok, 1 error (an error reply, a failed enable, an invalid config),
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
-import hashlib
-import hmac
 import json
 import logging
 import os
 import re
 import sys
-import threading
 import time
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import yaml
 
-from router import ConfigError, ControlError, RouterError, __version__
+from router import ConfigError, ControlError, RouterError, __version__, listen
 from router.config import parse_duration
 
 DEFAULT_CONFIG = "/etc/webhook-router/router.yaml"
 CONFIG_ENV = "WEBHOOK_ROUTER_CONFIG"
 DEFAULT_INGEST = {"bind": "tcp://127.0.0.1:5555", "ack_bind": "tcp://127.0.0.1:5556"}
 CONTROL_TIMEOUTS = {"status": 30.0, "enable": 60.0}  # seconds; other commands wait 10
-SIGNATURE_TOLERANCE = 300  # seconds, as the Standard Webhooks spec recommends
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -144,14 +137,6 @@ def _json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object")
     return value
-
-
-def decode_secret(text: str) -> bytes:
-    """A Standard Webhooks secret: ``whsec_`` followed by base64."""
-    try:
-        return base64.b64decode(text.removeprefix("whsec_"), validate=True)
-    except (binascii.Error, ValueError):
-        raise argparse.ArgumentTypeError("a secret is whsec_ followed by base64") from None
 
 
 def _positive_int(text: str) -> int:
@@ -368,95 +353,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 1
 
 
-def verify_signature(
-    headers: Any, body: bytes, secrets: list[bytes], now: float, hex_header: str = "X-Signature"
-) -> str:
-    """Check a Standard Webhooks (or hex HMAC) signature; the answer is for the listen output."""
-    signature = headers.get("webhook-signature")
-    if not signature:
-        return _verify_hex(headers.get(hex_header), body, secrets)
-    if not secrets:
-        return "signature unchecked (no --secret)"
-    msg_id, stamp = headers.get("webhook-id"), headers.get("webhook-timestamp") or ""
-    if not msg_id or not (stamp.isascii() and stamp.isdigit()):
-        return "signature BAD (missing webhook-id or webhook-timestamp)"
-    if abs(now - int(stamp)) > SIGNATURE_TOLERANCE:
-        return f"signature BAD (timestamp {int(now) - int(stamp)}s off)"
-    signed = f"{msg_id}.{stamp}.".encode() + body
-    expected = [base64.b64encode(hmac.digest(k, signed, hashlib.sha256)) for k in secrets]
-    for part in signature.split():
-        version, _, value = part.partition(",")
-        if version == "v1" and any(hmac.compare_digest(value.encode(), e) for e in expected):
-            return "signature ok"
-    return "signature BAD"
-
-
-def _verify_hex(signature: str | None, body: bytes, secrets: list[bytes]) -> str:
-    """The ``hmac-sha256-hex`` scheme: hex HMAC-SHA256 of the raw body."""
-    if not signature:
-        return "unsigned"
-    if not secrets:
-        return "signature unchecked (no --secret)"
-    expected = [hmac.new(k, body, hashlib.sha256).hexdigest() for k in secrets]
-    if any(hmac.compare_digest(signature.strip().lower(), e) for e in expected):
-        return "signature ok (hex)"
-    return "signature BAD (hex)"
-
-
-def _listen_handler(secrets: list[bytes], status: int, out_lock: threading.Lock) -> type:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = f"webhook-router-listen/{__version__}"
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            try:
-                payload = json.loads(body)
-                payload = payload if isinstance(payload, dict) else {}
-            except ValueError:
-                payload = {}
-            line = " ".join(
-                [
-                    datetime.now().strftime("%H:%M:%S.%f")[:-3],
-                    str(payload.get("webhook", "-")),
-                    str(payload.get("type", "-")),
-                    str(payload.get("id") or self.headers.get("webhook-id") or "-"),
-                    f"attempt={self.headers.get('webhook-attempt', '-')}",
-                    verify_signature(self.headers, body, secrets, time.time()),
-                ]
-            )
-            with out_lock:
-                print(line, flush=True)
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # one line per delivery is printed by do_POST
-
-    return Handler
-
-
 def cmd_listen(args: argparse.Namespace) -> int:
-    handler = _listen_handler(args.secret, args.status, threading.Lock())
-    try:
-        server = ThreadingHTTPServer((args.host, args.port), handler)
-    except OSError as e:
-        raise Fail(1, f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
-    server.daemon_threads = True
-    host, port = server.server_address[:2]
-    print(f"listening on http://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
-    finally:
-        server.server_close()
-    return 0
+    return listen.serve(args.host, args.port, args.secret, args.status)
 
 
 # ---------------------------------------------------------------- the parser
@@ -540,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--secret",
         action="append",
         default=[],
-        type=decode_secret,
+        type=listen.decode_secret,
         metavar="S",
         help="whsec_… secret to verify signatures with (repeatable)",
     )
