@@ -12,7 +12,6 @@ import pytest
 
 from router import ConfigError
 from router.config import (
-    _OPERANDS,
     Config,
     HealthConfig,
     IngestConfig,
@@ -25,6 +24,7 @@ from router.config import (
     parse_size,
 )
 from router.rules import OPERATORS, AllOf, AnyOf, Cond, Not, Rule
+from router.schema import _OPERANDS
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = b"0123456789abcdef0123456789abcdef"
