@@ -191,14 +191,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 0
     import msgpack
 
-    from router import envelope, filter
+    from router import envelope, filter, predicates
     from router.clock import Clock
 
     try:
         event = envelope.decode(msgpack.packb(args.explain), cfg.ingest.max_event_bytes, Clock())
     except envelope.BadEvent as e:
         raise Fail(1, f"the router would reject this event: {e}") from None
-    print(filter.format_explanation(filter.Filter.from_config(cfg).explain(event)))
+    print(predicates.format_explanation(filter.Filter.from_config(cfg).explain(event)))
     return 0
 
 

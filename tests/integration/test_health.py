@@ -63,21 +63,16 @@ def test_held_deliveries_survive_a_restart(hooks, daemon_factory):
 
 
 def test_probe_interval_brings_a_gone_webhook_back_by_itself(hooks, daemon_factory):
-    hooks.script("/p", Reply(410))
-    d = daemon_factory(
-        [
-            {
-                "name": "p",
-                "url": hooks.url("/p"),
-                "max_in_flight": 1,
-                "health": {"probe_interval": "300ms"},
-            }
-        ]
-    ).start()
+    # The delivery gets 410; the first two health checks fail, the third passes.
+    hooks.script("/p", Reply(410), Reply(500), Reply(500))
+    webhook = {"name": "p", "url": hooks.url("/p"), "max_in_flight": 1}
+    webhook["health"] = {"probe_interval": "300ms"}
+    d = daemon_factory([webhook]).start()
     d.send({"type": "T", "id": "p1"})
-    wait_until(lambda: d.webhook("p")["state"] == "disabled", what="disabled by 410")
-    d.send({"type": "T", "id": "p2"})
-    # The next health check gets a 200 (the script is used up): enabled, both flushed.
+    wait_until(lambda: hooks.at("/p", "WEBHOOK_HEALTH_CHECK"), what="the first probe")
+    d.send({"type": "T", "id": "p2"})  # held: the webhook is disabled until a probe passes
     wait_until(lambda: hooks.ids("/p", "T") == ["p1", "p1", "p2"], what="the flush")
-    assert hooks.at("/p", "WEBHOOK_HEALTH_CHECK")
+    probes = hooks.at("/p", "WEBHOOK_HEALTH_CHECK")
+    assert len(probes) == 3
+    assert hooks.at("/p", "T")[-1].at > probes[-1].at
     assert d.webhook("p")["state"] == "active"
