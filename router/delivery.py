@@ -3,18 +3,15 @@
 The pool never decides about retries; it hands an ``AttemptResult`` to the
 supervisor's callback. All workers share one urllib3 ``PoolManager`` (keep-alive)
 and a second one whose connections refuse private addresses at connect time
-(SPEC §5). A watchdog thread cuts the socket of an attempt that outlives its
-deadline, so an endpoint dripping bytes cannot hold a worker for long.
+(SPEC §5; the check is ``router.guard``, the headers ``router.signing``). A watchdog
+thread cuts the socket of an attempt that outlives its deadline, so an endpoint
+dripping bytes cannot hold a worker for long.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import email.utils
-import hashlib
-import hmac
-import ipaddress
 import logging
 import queue
 import socket
@@ -28,12 +25,11 @@ from functools import partial
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, PoolManager, Timeout
 from urllib3 import exceptions as u3
 from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.util.connection import allowed_gai_family
 
-from router import __version__
 from router.clock import Clock
-from router.config import WebhookConfig
-from router.messages import Attempt, AttemptResult, Payload
+from router.guard import BlockedAddressError, Guarded
+from router.messages import Attempt, AttemptResult
+from router.signing import build_headers
 
 log = logging.getLogger(__name__)
 
@@ -44,101 +40,6 @@ STOP_GRACE = 0.5  # seconds stop() waits past its timeout for idle workers and t
 NUM_POOLS = 256  # hosts whose keep-alive connections are cached
 
 Reply = Callable[[AttemptResult], None]
-
-
-# --------------------------------------------------------------------------- signing
-
-
-def sign(
-    scheme: str,
-    secrets: tuple[bytes, ...],
-    msg_id: str,
-    timestamp: int,
-    body: bytes,
-    header: str = "X-Signature",
-) -> dict[str, str]:
-    """Return the signature headers of one attempt.
-
-    ``standard`` signs with every secret (newest first) so receivers keep verifying
-    during a rotation. ``hmac-sha256-hex`` has room for one value and uses only the
-    newest secret. No secrets, or ``none``, means no signature header.
-    """
-    if scheme == "none" or not secrets:
-        return {}
-    if scheme == "standard":
-        signed = f"{msg_id}.{timestamp}.".encode() + body
-        sigs = (hmac.new(key, signed, hashlib.sha256).digest() for key in secrets)
-        return {"webhook-signature": " ".join(f"v1,{base64.b64encode(s).decode()}" for s in sigs)}
-    if scheme == "hmac-sha256-hex":
-        return {header: hmac.new(secrets[0], body, hashlib.sha256).hexdigest()}
-    raise ValueError(f"unknown signature scheme {scheme!r}")
-
-
-def build_headers(
-    webhook: WebhookConfig, payload: Payload, attempt_number: int, timestamp: int, body: bytes
-) -> dict[str, str]:
-    """Return every header of one attempt.
-
-    Static ``webhook.headers`` may replace Content-Type or User-Agent but never the
-    ``webhook-*`` or signature headers the receiver relies on.
-    """
-    headers = {"Content-Type": "application/json", "User-Agent": f"webhook-router/{__version__}"}
-    protocol = {
-        "webhook-id": payload.id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-attempt": str(attempt_number),
-        **sign(
-            webhook.signature,
-            webhook.secrets,
-            payload.id,
-            timestamp,
-            body,
-            webhook.signature_header,
-        ),
-    }
-    reserved = {name.lower() for name in protocol}
-    for name, value in webhook.headers:
-        if name.lower() not in reserved:
-            for old in [h for h in headers if h.lower() == name.lower()]:
-                del headers[old]
-            headers[name] = value
-    headers.update(protocol)
-    return headers
-
-
-# --------------------------------------------------------------------------- private networks
-
-
-def is_blocked(ip: str) -> bool:
-    """Whether ``ip`` is an address a webhook without ``allow_private_networks`` may not reach.
-
-    Loopback, private, link-local, unspecified, reserved, multicast and other
-    non-global ranges (such as 100.64.0.0/10) are blocked, also when written as
-    IPv4-mapped IPv6. Anything that does not parse is blocked: fail closed.
-    """
-    try:
-        addr = ipaddress.ip_address(ip.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return True
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return (
-        addr.is_loopback
-        or addr.is_private
-        or addr.is_link_local
-        or addr.is_unspecified
-        or addr.is_reserved
-        or addr.is_multicast
-        or not addr.is_global
-    )
-
-
-class BlockedAddressError(u3.NewConnectionError):
-    """The host resolved only to addresses ``is_blocked`` refuses."""
-
-    def __init__(self, conn: HTTPConnection, ip: str):
-        self.ip = ip
-        super().__init__(conn, f"blocked address {ip}")
 
 
 # --------------------------------------------------------------------------- connections
@@ -158,44 +59,6 @@ class _Watched:
         super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _Guarded:
-    """Resolve once, refuse blocked addresses, connect to one that passed.
-
-    Connecting to the very address that was checked (no second lookup) is what
-    stops DNS rebinding. TLS still uses the host name for SNI and verification.
-    """
-
-    def _new_conn(self) -> socket.socket:
-        host = self.host.strip("[]")
-        try:
-            infos = socket.getaddrinfo(host, self.port, allowed_gai_family(), socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise u3.NameResolutionError(self.host, self, exc) from exc
-        blocked, error = None, None
-        for family, kind, proto, _, address in infos:
-            if is_blocked(address[0]):
-                blocked = blocked or address[0]
-                continue
-            sock = socket.socket(family, kind, proto)
-            try:
-                for option in self.socket_options or ():
-                    sock.setsockopt(*option)
-                if isinstance(self.timeout, int | float):
-                    sock.settimeout(self.timeout)
-                sock.connect(address)
-                return sock
-            except OSError as exc:
-                sock.close()
-                error = exc
-        if error is None:
-            raise BlockedAddressError(self, blocked or host)
-        if isinstance(error, TimeoutError):
-            raise u3.ConnectTimeoutError(self, f"connect timeout ({self.timeout})") from error
-        raise u3.NewConnectionError(
-            self, f"Failed to establish a new connection: {error}"
-        ) from error
-
-
 class _HTTPConnection(_Watched, HTTPConnection):
     pass
 
@@ -204,11 +67,11 @@ class _HTTPSConnection(_Watched, HTTPSConnection):
     pass
 
 
-class _GuardedHTTPConnection(_Guarded, _Watched, HTTPConnection):
+class _GuardedHTTPConnection(Guarded, _Watched, HTTPConnection):
     pass
 
 
-class _GuardedHTTPSConnection(_Guarded, _Watched, HTTPSConnection):
+class _GuardedHTTPSConnection(Guarded, _Watched, HTTPSConnection):
     pass
 
 

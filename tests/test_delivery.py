@@ -14,18 +14,15 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 
-import router.delivery
+import router.guard
 from router import __version__
 from router.config import WebhookConfig
-from router.delivery import DeliveryPool, build_headers, is_blocked, sign
+from router.delivery import DeliveryPool
 from router.messages import Attempt, AttemptResult, Payload
 
 KEY = b"0123456789abcdef0123456789abcdef"
@@ -217,26 +214,12 @@ def test_hex_signature_goes_in_the_configured_header_with_the_newest_secret(serv
     assert "webhook-signature" not in request.headers
 
 
-def test_hex_signature_header_defaults_to_x_signature():
-    headers = sign("hmac-sha256-hex", (KEY,), "evt_01", 1, b"{}")
-    assert headers == {"X-Signature": hmac.new(KEY, b"{}", "sha256").hexdigest()}
-
-
 def test_none_signature_sends_no_signature_but_the_webhook_headers(server, pool):
     deliver(pool, hook(f"http://127.0.0.1:{server.port}/", signature="none"))
     [request] = server.received
     assert "webhook-signature" not in request.headers
     assert "X-Signature" not in request.headers
     assert request.headers["webhook-id"] == "evt_01"
-
-
-@settings(max_examples=50, deadline=None)
-@given(msg_id=st.text(min_size=1), body=st.text(), key=st.binary(min_size=1, max_size=64))
-def test_standard_signature_matches_the_reference_implementation(msg_id, body, key):
-    timestamp = 1_790_000_000
-    ours = sign("standard", (key,), msg_id, timestamp, body.encode())["webhook-signature"]
-    reference = Webhook(key).sign(msg_id, datetime.fromtimestamp(timestamp, UTC), body)
-    assert ours == reference
 
 
 def test_body_is_the_exact_payload_json_and_every_header_is_sent(server, pool):
@@ -254,19 +237,6 @@ def test_body_is_the_exact_payload_json_and_every_header_is_sent(server, pool):
     assert before <= int(h["webhook-timestamp"]) <= int(time.time())
     assert h["webhook-attempt"] == "3"
     assert h["X-Tenant"] == "acme"
-
-
-def test_static_headers_cannot_replace_protocol_headers_but_may_replace_user_agent():
-    webhook = hook(
-        "http://example.com/",
-        headers=(("Webhook-Signature", "forged"), ("webhook-id", "x"), ("user-agent", "mine/1")),
-    )
-    headers = build_headers(webhook, PAYLOAD, 1, 1_790_000_000, b"{}")
-    assert headers["webhook-signature"].startswith("v1,")
-    assert headers["webhook-id"] == "evt_01"
-    assert "forged" not in headers.values()
-    assert headers["user-agent"] == "mine/1"
-    assert "User-Agent" not in headers
 
 
 # --------------------------------------------------------------------------- outcomes
@@ -381,21 +351,6 @@ def test_dripping_body_ends_the_attempt_near_the_timeout_keeping_the_status(serv
 # --------------------------------------------------------------------------- private networks
 
 
-@pytest.mark.parametrize(
-    "ip",
-    ["127.0.0.1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "0.0.0.0",
-     "100.64.0.1", "224.0.0.1", "240.0.0.1", "::1", "::", "fe80::1%eth0", "fc00::1",
-     "::ffff:127.0.0.1", "::ffff:10.1.2.3", "ff02::1", "not-an-ip"],
-)  # fmt: skip
-def test_private_and_special_addresses_are_blocked(ip):
-    assert is_blocked(ip)
-
-
-@pytest.mark.parametrize("ip", ["8.8.8.8", "93.184.216.34", "2606:4700:4700::1111"])
-def test_public_addresses_are_not_blocked(ip):
-    assert not is_blocked(ip)
-
-
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_private_address_is_refused_without_allow_private_networks(server, pool, host):
     webhook = hook(f"http://{host}:{server.port}/", allow_private_networks=False)
@@ -432,7 +387,7 @@ def certificate(tmp_path):
 def test_guarded_https_verifies_the_host_name_and_sends_sni(certificate, pool, monkeypatch):
     cert, context = certificate
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-    monkeypatch.setattr(router.delivery, "is_blocked", lambda ip: False)
+    monkeypatch.setattr(router.guard, "is_blocked", lambda ip: False)
     with serve(context) as tls:
         by_name = deliver(
             pool, hook(f"https://localhost:{tls.port}/", allow_private_networks=False)
