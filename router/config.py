@@ -29,8 +29,8 @@ from router.schema import (
     section,
     webhook_list,
 )
-from router.schema import parse_duration as parse_duration  # re-exported: callers use config.*
-from router.schema import parse_size as parse_size
+from router.validators import parse_duration as parse_duration  # re-exported: callers use config.*
+from router.validators import parse_size as parse_size
 
 _FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 5x faster on big files
 

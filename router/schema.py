@@ -1,232 +1,46 @@
-"""The config schema: a generic walker over PyYAML nodes, its checks and the tables.
+"""The config schema: a generic walker over PyYAML nodes, the ``where`` checker and the tables.
 
-Checks return plain values; ``router.config`` freezes them. Every problem is recorded on the
+The leaf checks on one value live in ``router.validators``; ``_scalar`` turns each into a node
+check. Checks return plain values; ``router.config`` freezes them. Every problem is recorded on the
 ``File`` being checked, as ``FILE:LINE: key: message``, so one bad value hides no other.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import difflib
-import math
 import os
-import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
 from router.rules import OPERATORS, AllOf, AnyOf, Cond, Not, Pred, Rule
-
-# --------------------------------------------------------------------------- plain values
-
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?")
-_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmg]i?b|b)?", re.IGNORECASE)
-_BYTES = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-_RATE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*/\s*(s|m|h)")
-_NAME = re.compile(r"[a-z0-9_-]{1,64}")
-_TCP = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[^:/\[\]\s]+):(\*|\d{1,5})")
-_SPACE = re.compile(r"\s")
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-SIGNATURES = ("standard", "hmac-sha256-hex", "none")
-_SET_BY_ROUTER = ("content-type", "user-agent", "webhook-id", "webhook-timestamp")
-RESERVED_HEADERS = frozenset((*_SET_BY_ROUTER, "webhook-signature", "webhook-attempt"))
-FIELD_ROOTS = ("type", "id", "company", "project", "timestamp", "data")
-
-
-def parse_duration(v: object) -> float:
-    """Seconds from ``500ms``, ``10s``, ``5m``, ``2h``, ``7d`` or a plain number of seconds."""
-    m = _DURATION.fullmatch(v.strip()) if isinstance(v, str) else None
-    if isinstance(v, int | float) and not isinstance(v, bool):
-        seconds = float(v)
-    elif m:
-        seconds = float(m[1]) * _SECONDS[m[2]]
-    else:
-        raise ValueError(
-            f"invalid duration {v!r}: write seconds or a number with ms, s, m, h or d "
-            "(500ms, 10s, 5m, 2h, 7d)"
-        )
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"invalid duration {v!r}: must be a finite number of seconds, 0 or more")
-    return seconds
-
-
-def parse_size(v: object) -> int:
-    """Bytes from ``512KiB``, ``1MiB``, ``1GiB`` (or decimal ``KB``/``MB``/``GB``) or a number."""
-    m = _SIZE.fullmatch(v.strip()) if isinstance(v, str) else None
-    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
-        return v
-    if m:
-        unit = _BYTES[(m[2] or "b").lower()]
-        return int(m[1]) * unit if m[1].isdigit() else int(float(m[1]) * unit)
-    raise ValueError(f"invalid size {v!r}: write bytes or a number with KiB, MiB or GiB (512KiB)")
-
-
-def _positive(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def positive(v: Any) -> Any:
-        if (parsed := parse(v)) <= 0:
-            raise ValueError("must be more than 0")
-        return parsed
-
-    return positive
-
-
-def _string(v: Any) -> str:
-    if not isinstance(v, str) or not v:
-        raise ValueError("expected a non-empty string (quote numbers and true/false)")
-    return v
-
-
-def _text(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError("expected a string (quote numbers and true/false)")
-    return v
-
-
-def _boolean(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise ValueError("expected true or false")
-    return v
-
-
-def _integer(lo: int, hi: int | None = None) -> Callable[[Any], int]:
-    def integer(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-            bounds = f"from {lo} to {hi}" if hi else f"{lo} or more"
-            raise ValueError(f"expected an integer {bounds}")
-        return v
-
-    return integer
-
-
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def choice(v: Any) -> str:
-        if isinstance(v, str) and v in choices:
-            return v
-        raise ValueError(f"expected one of {', '.join(choices)}" + _did_you_mean(str(v), choices))
-
-    return choice
-
-
-def _name(v: Any) -> str:
-    if isinstance(v, str) and _NAME.fullmatch(v):
-        return v
-    raise ValueError("expected 1-64 characters of a-z, 0-9, '_' and '-'")
-
-
-def _url(v: Any) -> str:
-    """An http(s) URL with a host. Never echoed: a URL may carry credentials."""
-    if isinstance(v, str) and not _SPACE.search(v):
-        try:
-            parts = urlsplit(v)
-            ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-        except ValueError:  # a bad port
-            ok = False
-        if ok:
-            return v
-    raise ValueError("expected an http:// or https:// URL with a host")
-
-
-def _host_port(v: Any) -> tuple[str, int]:
-    host, sep, port = v.rpartition(":") if isinstance(v, str) else ("", "", "")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if sep and host and port.isdigit() and int(port) <= 65535:
-        return host, int(port)
-    raise ValueError(f"invalid address {v!r}: write HOST:PORT (127.0.0.1:9464), or null for off")
-
-
-def _rate(v: Any) -> tuple[float, float]:
-    """(count, per seconds): ``50/s`` is (50.0, 1.0); ``router.config`` makes it a RateLimit."""
-    m = _RATE.fullmatch(v.strip()) if isinstance(v, str) else None
-    if m and float(m[1]) > 0:
-        return float(m[1]), {"s": 1.0, "m": 60.0, "h": 3600.0}[m[2]]
-    raise ValueError(f"invalid rate {v!r}: write COUNT/s, COUNT/m or COUNT/h (50/s), or null")
-
-
-def _header_name(v: Any) -> str:
-    if not isinstance(v, str) or not _TOKEN.fullmatch(v):
-        raise ValueError("expected an HTTP header name (letters, digits and '-')")
-    if v.lower() in RESERVED_HEADERS:
-        raise ValueError(f"{v} is set by the router and cannot be configured")
-    return v
-
-
-def _header_value(v: Any) -> str:
-    if not isinstance(v, str) or any(c in v for c in "\r\n\0"):
-        raise ValueError("expected a string without line breaks (quote numbers)")
-    return v
-
-
-def _decode_secret(s: str, what: str) -> bytes:
-    """``whsec_<base64>`` is the key's bytes; anything else is used as UTF-8. Never echoed."""
-    if s.startswith("whsec_"):
-        try:
-            key = base64.b64decode(s[6:], validate=True)
-        except (binascii.Error, ValueError):
-            key = b""
-        if not key:
-            raise ValueError(f"{what} is not valid base64 after 'whsec_' (the secret is not shown)")
-        return key
-    if not s:
-        raise ValueError(f"{what} is empty")
-    return s.encode()
-
-
-def _one_secret(v: Any) -> bytes:
-    if not isinstance(v, str):
-        raise ValueError("expected a secret string (whsec_<base64> or plain text)")
-    return _decode_secret(v, "the secret")
-
-
-def _split_secrets(text: str, where: str) -> tuple[bytes, ...]:
-    """Several space-separated secrets: rotation, newest first."""
-    if not text.split():
-        raise ValueError(f"{where} holds no secret")
-    return tuple(_decode_secret(s, f"secret {i} in {where}") for i, s in enumerate(text.split(), 1))
-
-
-def _any_scalar(v: Any) -> Any:
-    if v is None or isinstance(v, str | int | float | bool):
-        return v
-    raise ValueError("expected a string, number, true/false or null")
-
-
-def _orderable(v: Any) -> Any:
-    if isinstance(v, str) or (isinstance(v, int | float) and not isinstance(v, bool)):
-        return v
-    raise ValueError("expected a number or a string")
-
-
-def _regex(v: Any) -> re.Pattern[str]:
-    try:
-        return re.compile(_text(v))
-    except re.error as e:
-        raise ValueError(f"invalid regular expression: {e}") from None
-
-
-def _field(v: Any) -> tuple[str, tuple[str, ...]]:
-    parts = tuple(_string(v).split("."))
-    if "" in parts:
-        raise ValueError(f"invalid field {v!r}: empty segment in the dotted path")
-    if parts[0] not in FIELD_ROOTS:
-        raise ValueError(
-            f"unknown field {parts[0]!r}: use type, id, company, project, timestamp or data.…"
-            + _did_you_mean(parts[0], FIELD_ROOTS)
-        )
-    if parts[0] != "data" and len(parts) > 1:
-        raise ValueError(f"{parts[0]} has no sub-fields; only data.… paths go deeper")
-    return v, parts
-
-
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
+from router.validators import (
+    any_scalar,
+    boolean,
+    choice,
+    did_you_mean,
+    env_secrets,
+    field_path,
+    file_secrets,
+    header_name,
+    header_value,
+    host_port,
+    integer,
+    not_a_secret,
+    one_secret,
+    orderable,
+    parse_duration,
+    parse_size,
+    positive,
+    rate,
+    regex,
+    string,
+    text,
+    url,
+    webhook_name,
+    zmq_address,
+)
 
 # --------------------------------------------------------------------------- the schema walker
 
@@ -374,7 +188,7 @@ def section(schema: Mapping[str, Key]) -> Check:
         out = Map(node)
         for key, knode, vnode in [] if _is_null(node) else _pairs(node, f, path):
             if key not in schema:
-                f.error(knode, join(path, key), "unknown key" + _did_you_mean(key, schema))
+                f.error(knode, join(path, key), "unknown key" + did_you_mean(key, schema))
                 continue
             out.keys_at[key] = knode
             if (value := f.check(schema[key].check, vnode, join(path, key))) is not BAD:
@@ -391,7 +205,7 @@ def section(schema: Mapping[str, Key]) -> Check:
 
 
 def _file_path(node: yaml.Node, f: File, path: str) -> str:
-    return f.resolve(_scalar(_string, "a path")(node, f, path))
+    return f.resolve(_scalar(string, "a path")(node, f, path))
 
 
 def _existing(test: Callable[[str], bool], what: str) -> Check:
@@ -405,48 +219,30 @@ def _existing(test: Callable[[str], bool], what: str) -> Check:
 
 def _address(node: yaml.Node, f: File, path: str) -> str:
     """A ZeroMQ ``tcp://HOST:PORT`` or ``ipc://PATH``; a relative ipc path becomes absolute."""
-    addr = _scalar(_string, "a tcp:// or ipc:// address")(node, f, path)
-    if addr.startswith("ipc://") and len(addr) > 6:
-        rest = addr[6:]
-        return addr if rest.startswith("@") else "ipc://" + f.resolve(rest)
-    m = _TCP.fullmatch(addr)
-    if m and (m[2] == "*" or int(m[2]) <= 65535):
-        return addr
-    raise _Invalid(f"invalid address {addr!r}: write tcp://HOST:PORT or ipc://PATH")
+    addr = _scalar(zmq_address, "a tcp:// or ipc:// address")(node, f, path)
+    if addr.startswith("ipc://") and not addr.startswith("ipc://@"):
+        return "ipc://" + f.resolve(addr[6:])
+    return addr
 
 
 def _secret(node: yaml.Node, f: File, path: str) -> tuple[bytes, ...]:
     if isinstance(node, yaml.SequenceNode):
-        return _list(_scalar(_one_secret, "a secret string"), nonempty=True)(node, f, path)
-    return (_scalar(_one_secret, "a secret string, or a list of them")(node, f, path),)
-
-
-def _not_a_secret(v: Any) -> str:
-    """A name or path that is echoed in messages, so it must not be a misplaced secret."""
-    if _string(v).startswith("whsec_"):
-        raise ValueError("this looks like a secret, not a name (it is not shown); use secret:")
-    return v
+        return _list(_scalar(one_secret, "a secret string"), nonempty=True)(node, f, path)
+    return (_scalar(one_secret, "a secret string, or a list of them")(node, f, path),)
 
 
 def _secret_env(node: yaml.Node, f: File, path: str) -> tuple[bytes, ...]:
-    var = _scalar(_not_a_secret, "an environment variable name")(node, f, path)
-    if var not in f.env:
-        raise _Invalid(f"environment variable {var} is not set")
+    var = _scalar(not_a_secret, "an environment variable name")(node, f, path)
     try:
-        return _split_secrets(f.env[var], f"environment variable {var}")
+        return env_secrets(var, f.env)
     except ValueError as e:
         raise _Invalid(str(e)) from None
 
 
 def _secret_file(node: yaml.Node, f: File, path: str) -> tuple[bytes, ...]:
-    name = f.resolve(_scalar(_not_a_secret, "a path")(node, f, path))
+    name = f.resolve(_scalar(not_a_secret, "a path")(node, f, path))
     try:
-        with open(name, encoding="utf-8") as fh:
-            return _split_secrets(fh.read(), name)
-    except OSError as e:
-        raise _Invalid(f"cannot read {name}: {e.strerror}") from None
-    except UnicodeDecodeError:  # before ValueError, its base: its text quotes secret bytes
-        raise _Invalid(f"{name} is not UTF-8 text") from None
+        return file_secrets(name)
     except ValueError as e:
         raise _Invalid(str(e)) from None
 
@@ -454,8 +250,8 @@ def _secret_file(node: yaml.Node, f: File, path: str) -> tuple[bytes, ...]:
 def _headers(node: yaml.Node, f: File, path: str) -> tuple[tuple[str, str], ...]:
     out: dict[str, tuple[str, str]] = {}
     for key, knode, vnode in [] if _is_null(node) else _pairs(node, f, path):
-        name = f.check(_scalar(_header_name, "a header name"), knode, join(path, key))
-        value = f.check(_scalar(_header_value, "a string"), vnode, join(path, key))
+        name = f.check(_scalar(header_name, "a header name"), knode, join(path, key))
+        value = f.check(_scalar(header_value, "a string"), vnode, join(path, key))
         if name is not BAD and name.lower() in out:
             f.error(knode, join(path, key), "duplicate header (names ignore case)")
         elif BAD not in (name, value):
@@ -463,17 +259,17 @@ def _headers(node: yaml.Node, f: File, path: str) -> tuple[tuple[str, str], ...]
     return tuple(out.values())
 
 
-_SCALAR = _scalar(_any_scalar, "a single value")
+_SCALAR = _scalar(any_scalar, "a single value")
 _OPERANDS: dict[str, Check] = {
     "eq": _SCALAR,
     "ne": _SCALAR,
     "in": _list(_SCALAR, nonempty=True),
     "nin": _list(_SCALAR, nonempty=True),
-    "exists": _scalar(_boolean, "true or false"),
-    **dict.fromkeys(("gt", "gte", "lt", "lte"), _scalar(_orderable, "a number or a string")),
-    "prefix": _scalar(_text, "a string"),
-    "glob": _scalar(_text, "a string"),
-    "regex": _scalar(_regex, "a regular expression"),
+    "exists": _scalar(boolean, "true or false"),
+    **dict.fromkeys(("gt", "gte", "lt", "lte"), _scalar(orderable, "a number or a string")),
+    "prefix": _scalar(text, "a string"),
+    "glob": _scalar(text, "a string"),
+    "regex": _scalar(regex, "a regular expression"),
 }
 _COMBINERS = ("all", "any", "not")
 
@@ -489,7 +285,7 @@ def _where(node: yaml.Node, f: File, path: str) -> Pred:
         if key not in known:
             word = "operator" if "field" in keys else "key"
             choices = OPERATORS if "field" in keys else known
-            f.error(knode, join(path, key), f"unknown {word}" + _did_you_mean(key, choices))
+            f.error(knode, join(path, key), f"unknown {word}" + did_you_mean(key, choices))
     if any(key not in known for key in keys):
         return BAD  # reported above, with a suggestion
     if not keys:
@@ -511,7 +307,7 @@ def _where(node: yaml.Node, f: File, path: str) -> Pred:
         raise _Invalid(f"a condition needs one operator: {', '.join(OPERATORS)}")
     if len(ops) > 1:
         raise _Invalid(f"a condition takes one operator, found {', '.join(ops)}; use all: [...]")
-    fld = f.check(_scalar(_field, "a dotted path"), keys["field"], join(path, "field"))
+    fld = f.check(_scalar(field_path, "a dotted path"), keys["field"], join(path, "field"))
     value = f.check(_OPERANDS[ops[0]], keys[ops[0]], join(path, ops[0]))
     if BAD in (fld, value):
         return BAD
@@ -521,9 +317,9 @@ def _where(node: yaml.Node, f: File, path: str) -> Pred:
 # --------------------------------------------------------------------------- the schema
 
 RULE = {
-    "events": Key(_list(_scalar(_string, "a glob pattern such as TODO_*"))),
-    "projects": Key(_list(_scalar(_string, "a project"), into=frozenset)),
-    "companies": Key(_list(_scalar(_string, "a company"), into=frozenset)),
+    "events": Key(_list(_scalar(string, "a glob pattern such as TODO_*"))),
+    "projects": Key(_list(_scalar(string, "a project"), into=frozenset)),
+    "companies": Key(_list(_scalar(string, "a company"), into=frozenset)),
     "where": Key(_optional(_where)),
 }
 
@@ -543,28 +339,29 @@ def _rule(node: yaml.Node, f: File, path: str) -> Rule:
 
 
 RETRY = {
-    "attempts": Key(_scalar(_integer(1, 100), "an integer")),
+    "attempts": Key(_scalar(integer(1, 100), "an integer")),
     "backoff": Key(_list(_scalar(parse_duration, "a duration"), nonempty=True)),
 }
-HEALTH = {"probe_interval": Key(_optional(_scalar(_positive(parse_duration), "a duration")))}
-_BOOL = _scalar(_boolean, "true or false")
+HEALTH = {"probe_interval": Key(_optional(_scalar(positive(parse_duration), "a duration")))}
+_BOOL = _scalar(boolean, "true or false")
+SIGNATURES = ("standard", "hmac-sha256-hex", "none")
 TUNABLES = {  # the per-webhook keys `defaults:` may set
     "enabled": Key(_BOOL),
-    "timeout": Key(_scalar(_positive(parse_duration), "a duration")),
+    "timeout": Key(_scalar(positive(parse_duration), "a duration")),
     "retry": Key(section(RETRY)),
-    "max_in_flight": Key(_scalar(_integer(1, 1000), "an integer")),
+    "max_in_flight": Key(_scalar(integer(1, 1000), "an integer")),
     "ordered": Key(_BOOL),
-    "rate_limit": Key(_optional(_scalar(_rate, "a rate such as 50/s"))),
+    "rate_limit": Key(_optional(_scalar(rate, "a rate such as 50/s"))),
     "headers": Key(_headers),
-    "signature": Key(_scalar(_choice(*SIGNATURES), "a signature scheme")),
-    "signature_header": Key(_scalar(_header_name, "a header name")),
+    "signature": Key(_scalar(choice(*SIGNATURES), "a signature scheme")),
+    "signature_header": Key(_scalar(header_name, "a header name")),
     "allow_private_networks": Key(_BOOL),
     "health": Key(section(HEALTH)),
 }
 SECRET_KEYS = ("secret", "secret_env", "secret_file")
 WEBHOOK = {
-    "name": Key(_scalar(_name, "a name"), required=True),
-    "url": Key(_scalar(_url, "a URL"), required=True),
+    "name": Key(_scalar(webhook_name, "a name"), required=True),
+    "url": Key(_scalar(url, "a URL"), required=True),
     "secret": Key(_secret),
     "secret_env": Key(_secret_env),
     "secret_file": Key(_secret_file),
@@ -587,7 +384,7 @@ CURVE = {
 INGEST = {
     "bind": Key(_optional(_address)),
     "ack_bind": Key(_optional(_address)),
-    "max_event_bytes": Key(_scalar(_positive(parse_size), "a size")),
+    "max_event_bytes": Key(_scalar(positive(parse_size), "a size")),
     "curve": Key(_optional(section(CURVE))),
 }
 
@@ -605,13 +402,13 @@ def webhook_list(node: yaml.Node, f: File, path: str) -> list[tuple[File, str, M
 
 TOP = {
     "state_dir": Key(_file_path),
-    "retention": Key(_scalar(_positive(parse_duration), "a duration")),
+    "retention": Key(_scalar(positive(parse_duration), "a duration")),
     "shutdown_timeout": Key(_scalar(parse_duration, "a duration")),
     "ingest": Key(section(INGEST)),
     "control": Key(section({"bind": Key(_address)})),
-    "metrics": Key(section({"bind": Key(_optional(_scalar(_host_port, "HOST:PORT")))})),
+    "metrics": Key(section({"bind": Key(_optional(_scalar(host_port, "HOST:PORT")))})),
     "defaults": Key(section(DEFAULTS)),
     "include": Key(_existing(os.path.isdir, "directory")),
     "webhooks": Key(webhook_list),
-    "delivery_workers": Key(_scalar(_integer(1), "an integer")),
+    "delivery_workers": Key(_scalar(integer(1), "an integer")),
 }
