@@ -28,26 +28,37 @@ from router.rules import Rule
 logger = logging.getLogger(__name__)
 
 TYPE_CACHE_SIZE = 4096  # distinct event types whose candidate rules are kept
+ROUTE_CACHE_SIZE = 65536  # distinct (type, project, company) whose static result is kept
 _WILDCARDS = re.compile(r"[*?\[]")
 
-Candidates = tuple[tuple[int, Test | None], ...]  # (webhook index, residual test or None)
+# (webhook index, companies still to check or None, where or None)
+Entry = tuple[int, frozenset[str] | None, Test | None]
+Candidates = tuple[Entry, ...]
 
 # --------------------------------------------------------------------------- index
 
 
-def _residual(rule: Rule, memo: dict) -> Test | None:
+def _entry(index: int, rule: Rule, memo: dict) -> Entry:
     """What is left to test once the index vouched for type and project or company.
 
-    A rule with projects is found by project, so its companies are still to test;
+    A rule with projects is found by project, so its companies are still to check;
     a rule without is found by company (or has none), so only ``where`` is left.
+    Companies depend only on the envelope; ``where`` is the one part that depends on
+    the payload, so it is kept apart and is all that runs per event once cached.
     """
     where = compile_pred(rule.where, memo) if rule.where is not None else None
-    companies = rule.companies
-    if not (companies and rule.projects):
-        return where
-    if where is None:
-        return lambda event: event.company in companies
-    return lambda event: event.company in companies and where(event)
+    companies = rule.companies if rule.companies and rule.projects else None
+    return (index, companies, where)
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """The answer for one (type, project, company): fixed matches, and the ones that hinge
+    on the payload (``where``)."""
+
+    fixed: frozenset[int]
+    names: tuple[str, ...]  # the answer when ``conditional`` is empty
+    conditional: tuple[tuple[int, Test], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +109,7 @@ class Filter:
         self.names = tuple(name for name, _ in self._webhooks)
         if len(set(self.names)) != len(self.names):
             raise RouterError("webhook names must be unique")
-        self._rules: list[tuple[Rule, tuple[int, Test | None]]] = []
+        self._rules: list[tuple[Rule, Entry]] = []
         memo: dict = {}
         any_type: list[int] = []
         self._exact: dict[str, list[int]] = {}
@@ -107,7 +118,7 @@ class Filter:
         for index, (_, rules) in enumerate(self._webhooks):
             for rule in rules:
                 rid = len(self._rules)
-                self._rules.append((rule, (index, _residual(rule, memo))))
+                self._rules.append((rule, _entry(index, rule, memo)))
                 if not rule.events or any(p and not p.strip("*") for p in rule.events):
                     any_type.append(rid)
                     continue
@@ -115,6 +126,7 @@ class Filter:
                     self._index_pattern(pattern, rid)
         self._any_type = _partition(any_type, self._rules)
         self._typed = functools.lru_cache(maxsize=TYPE_CACHE_SIZE)(self._part_for_type)
+        self._routes: dict[tuple[str, str | None, str | None], _Route] = {}
 
     @classmethod
     def from_config(cls, config: Any) -> Filter:
@@ -142,11 +154,11 @@ class Filter:
         found.extend(rid for glob, rid in self._wild if glob(event_type))
         return _partition(found, self._rules)
 
-    def match(self, event: Event) -> tuple[str, ...]:
-        """Names of the webhooks this event goes to, each once, in config order."""
-        project, company = event.project, event.company
-        found: list[int] = []
-        for part in (self._any_type, self._typed(event.type)):
+    def _route_for(self, event_type: str, project: str | None, company: str | None) -> _Route:
+        """Everything about routing that the envelope decides; cached per envelope."""
+        fixed: set[int] = set()
+        conditional: list[tuple[int, Test]] = []
+        for part in (self._any_type, self._typed(event_type)):
             if part is _NOTHING:
                 continue
             for candidates in (
@@ -154,15 +166,33 @@ class Filter:
                 part.by_company.get(company, ()),
                 part.rest,
             ):
-                for webhook, test in candidates:  # a plain loop: no generator per event
-                    if test is None or test(event):
-                        found.append(webhook)
-        if not found:
-            return ()
+                for index, companies, where in candidates:
+                    if companies is not None and company not in companies:
+                        continue
+                    if where is None:
+                        fixed.add(index)
+                    elif index not in fixed:
+                        conditional.append((index, where))
+        conditional = [(i, w) for i, w in conditional if i not in fixed]
+        names = tuple(self.names[i] for i in sorted(fixed))
+        return _Route(frozenset(fixed), names, tuple(conditional))
+
+    def match(self, event: Event) -> tuple[str, ...]:
+        """Names of the webhooks this event goes to, each once, in config order."""
+        key = (event.type, event.project, event.company)
+        route = self._routes.get(key)
+        if route is None:
+            if len(self._routes) >= ROUTE_CACHE_SIZE:
+                self._routes.clear()  # cheaper than LRU bookkeeping on every hit
+            route = self._routes[key] = self._route_for(*key)
+        if not route.conditional:
+            return route.names
+        found = set(route.fixed)
+        for index, where in route.conditional:  # a plain loop: no generator per event
+            if index not in found and where(event):
+                found.add(index)
         names = self.names
-        if len(found) == 1:
-            return (names[found[0]],)
-        return tuple([names[i] for i in sorted(set(found))])
+        return tuple([names[i] for i in sorted(found)])
 
     def candidate_count(self, event: Event) -> int:
         """How many rules routing this event tests: for diagnostics, benchmarks and tests."""
