@@ -28,7 +28,7 @@ from router.rules import Rule
 logger = logging.getLogger(__name__)
 
 TYPE_CACHE_SIZE = 4096  # distinct event types whose candidate rules are kept
-ROUTE_CACHE_SIZE = 65536  # distinct (type, project, company) whose static result is kept
+ROUTE_CACHE_SIZE = 65536  # distinct (type, project, company) whose routing is kept
 _WILDCARDS = re.compile(r"[*?\[]")
 
 # (webhook index, companies still to check or None, where or None)
@@ -183,7 +183,9 @@ class Filter:
         route = self._routes.get(key)
         if route is None:
             if len(self._routes) >= ROUTE_CACHE_SIZE:
-                self._routes.clear()  # cheaper than LRU bookkeeping on every hit
+                # Keep the newer half: cheaper than LRU bookkeeping on every hit.
+                newer = list(self._routes.items())[ROUTE_CACHE_SIZE // 2 :]
+                self._routes = dict(newer)
             route = self._routes[key] = self._route_for(*key)
         if not route.conditional:
             return route.names

@@ -478,3 +478,12 @@ def narrow_conds(draw):
 def test_every_operator_agrees_with_a_plain_interpretation(c, ev):
     assert holds(c, ev) is ref_cond(c, ev)
     assert holds(Not(c), ev) is not ref_cond(c, ev)
+
+
+def test_the_route_cache_keeps_answering_right_when_it_overflows(monkeypatch):
+    monkeypatch.setattr(filter_module, "ROUTE_CACHE_SIZE", 4)
+    f = Filter([("p1", (Rule(projects=frozenset({"p1"})),)), ("all", (Rule(),))])
+    for i in range(20):
+        assert f.match(event(type=f"T{i}", project="p1")) == ("p1", "all")
+        assert f.match(event(type=f"T{i}", project="p2")) == ("all",)
+    assert len(f._routes) <= 4
