@@ -23,16 +23,10 @@ import router.guard
 from router import __version__
 from router.config import WebhookConfig
 from router.delivery import DeliveryPool
-from router.messages import Attempt, AttemptResult, Payload
+from router.messages import Attempt, AttemptResult
+from tests.builders import KEY, PAYLOAD, hook
 
-KEY = b"0123456789abcdef0123456789abcdef"
 OLD_KEY = b"fedcba9876543210fedcba9876543210"
-PAYLOAD = Payload(
-    id="evt_01",
-    type="TODO_CREATED",
-    body='{"id":"evt_01","type":"TODO_CREATED","timestamp":"2026-11-27T16:38:33.123Z",'
-    '"company":"acme","data":{"title":"caf\u00e9"}',
-)
 
 
 def whsec(key: bytes) -> str:
@@ -146,18 +140,6 @@ def pool():
     p.start()
     yield p
     p.stop(5)
-
-
-def hook(url: str, **overrides) -> WebhookConfig:
-    settings_ = {
-        "name": "crm-sync",
-        "url": url,
-        "secrets": (KEY,),
-        "timeout": 2.0,
-        "allow_private_networks": True,
-    }
-    settings_.update(overrides)
-    return WebhookConfig(**settings_)
 
 
 def deliver(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fnmatch
 import queue
-import re
 from typing import Any
 
 import pykka
@@ -16,8 +15,9 @@ from router import RouterError
 from router import filter as filter_module
 from router.config import Config, WebhookConfig
 from router.filter import Filter, FilterActor, Route, Swap
-from router.messages import Accepted, Append, Event, Payload
+from router.messages import Accepted, Append, Event
 from router.rules import OPERATORS, AllOf, AnyOf, Cond, Not, Rule
+from tests.builders import cond, event, holds, rule
 
 WAIT = 5.0
 
@@ -26,41 +26,6 @@ WAIT = 5.0
 def _stop_actors():
     yield
     pykka.ActorRegistry.stop_all()
-
-
-def event(
-    type: str = "TODO_CREATED",
-    project: str | None = "p1",
-    company: str | None = "acme",
-    data: dict[str, Any] | None = None,
-    id: str = "e1",
-    timestamp: float = 1_700_000_000.0,
-) -> Event:
-    return Event(
-        id=id,
-        type=type,
-        timestamp=timestamp,
-        company=company,
-        project=project,
-        data={} if data is None else data,
-        payload=Payload(id, type, body="{}"),
-    )
-
-
-def cond(field: str, op: str, value: Any, source: str = "") -> Cond:
-    if op == "regex":
-        value = re.compile(value)
-    elif op in ("in", "nin"):
-        value = tuple(value)
-    return Cond(field=field, op=op, value=value, path=tuple(field.split(".")), source=source)
-
-
-def holds(pred, ev: Event) -> bool:
-    return Filter([("w", (Rule(where=pred),))]).match(ev) == ("w",)
-
-
-def rule(events=(), projects=(), companies=(), where=None, source="") -> Rule:
-    return Rule(tuple(events), frozenset(projects), frozenset(companies), where, source)
 
 
 # --------------------------------------------------------------------------- rules

@@ -2,51 +2,12 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any
-
 import pytest
 
 from router.filter import Filter
-from router.messages import Event, Payload
 from router.predicates import format_explanation
-from router.rules import AllOf, AnyOf, Cond, Not, Rule
-
-
-def event(
-    type: str = "TODO_CREATED",
-    project: str | None = "p1",
-    company: str | None = "acme",
-    data: dict[str, Any] | None = None,
-    id: str = "e1",
-    timestamp: float = 1_700_000_000.0,
-) -> Event:
-    return Event(
-        id=id,
-        type=type,
-        timestamp=timestamp,
-        company=company,
-        project=project,
-        data={} if data is None else data,
-        payload=Payload(id, type, body="{}"),
-    )
-
-
-def cond(field: str, op: str, value: Any, source: str = "") -> Cond:
-    if op == "regex":
-        value = re.compile(value)
-    elif op in ("in", "nin"):
-        value = tuple(value)
-    return Cond(field=field, op=op, value=value, path=tuple(field.split(".")), source=source)
-
-
-def holds(pred, ev: Event) -> bool:
-    return Filter([("w", (Rule(where=pred),))]).match(ev) == ("w",)
-
-
-def rule(events=(), projects=(), companies=(), where=None, source="") -> Rule:
-    return Rule(tuple(events), frozenset(projects), frozenset(companies), where, source)
-
+from router.rules import AllOf, AnyOf, Not
+from tests.builders import cond, event, holds, rule
 
 # --------------------------------------------------------------------------- operators
 

@@ -12,29 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 
-from router.config import WebhookConfig
-from router.messages import Payload
 from router.signing import build_headers, sign
-
-KEY = b"0123456789abcdef0123456789abcdef"
-PAYLOAD = Payload(
-    id="evt_01",
-    type="TODO_CREATED",
-    body='{"id":"evt_01","type":"TODO_CREATED","timestamp":"2026-11-27T16:38:33.123Z",'
-    '"company":"acme","data":{"title":"caf\u00e9"}',
-)
-
-
-def hook(url: str, **overrides) -> WebhookConfig:
-    settings_ = {
-        "name": "crm-sync",
-        "url": url,
-        "secrets": (KEY,),
-        "timeout": 2.0,
-        "allow_private_networks": True,
-    }
-    settings_.update(overrides)
-    return WebhookConfig(**settings_)
+from tests.builders import KEY, PAYLOAD, hook
 
 
 def test_hex_signature_header_defaults_to_x_signature():
