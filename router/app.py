@@ -31,11 +31,12 @@ from router.control import ControlServer
 from router.delivery import DeliveryPool
 from router.envelope import new_id
 from router.filter import Filter, FilterActor, Route, Swap
-from router.journal import Journal, attempts
+from router.journal import Journal
 from router.messages import Accepted, Append, Cancel, Committed, Delivery
 from router.metrics import MetricsServer
 from router.receiver import AckChannel, Bind, Receiver
 from router.scheduler import Scheduler
+from router.store import attempts
 from router.supervisor import (
     Disable,
     Enable,

@@ -9,6 +9,9 @@ survive kill -9 and power loss.
 A failed transaction (disk full, I/O error) never kills the thread: every
 ``Append`` in it is answered through ``on_error`` (the producer learns it was
 not journaled), and the other messages are kept and retried with a backoff.
+
+The file itself (schema, connections, every statement on its tables) is
+``router.store``; this module decides when those statements run.
 """
 
 from __future__ import annotations
@@ -20,19 +23,13 @@ import queue
 import sqlite3
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from router import RouterError, metrics
+from router import RouterError, metrics, store
 from router.clock import Clock
 from router.messages import (
-    CANCELLED,
-    DONE,
-    EXHAUSTED,
-    PENDING,
     Append,
     Cancel,
     Committed,
@@ -40,54 +37,20 @@ from router.messages import (
     Loaded,
     LoadPending,
     Outcome,
-    Payload,
     Revive,
     SaveState,
     WebhookState,
 )
+from router.store import saved_states, unfinished
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 PURGE_INTERVAL = 60.0  # seconds between purges of expired events
 PURGE_CHUNK = 5000  # events per purge transaction, so a purge never stalls acks for long
 MAX_BATCH = 2000  # rows (events, other messages) per transaction: bounds latency under a flood
 MAX_BACKLOG = 100_000  # failed non-Append messages kept for retry; beyond, oldest Outcomes go
 RETRY_MIN, RETRY_MAX = 0.1, 5.0  # backoff for retrying a failed transaction's messages
 NO_PAGE_LIMIT = 0xFFFFFFFE  # SQLite's largest max_page_count
-
-_SCHEMA = """
-BEGIN;
-CREATE TABLE events (
-    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, type TEXT NOT NULL,
-    received_at REAL NOT NULL, body TEXT NOT NULL);
-CREATE INDEX events_received_at ON events (received_at);
-CREATE TABLE deliveries (
-    seq INTEGER NOT NULL, webhook TEXT NOT NULL, state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0, next_at REAL,
-    PRIMARY KEY (seq, webhook)) WITHOUT ROWID;
-CREATE INDEX deliveries_by_state ON deliveries (state, webhook, seq);
-CREATE TABLE attempts (
-    id INTEGER PRIMARY KEY, webhook TEXT NOT NULL, seq INTEGER NOT NULL,
-    event_id TEXT NOT NULL, number INTEGER NOT NULL, at REAL NOT NULL, status INTEGER,
-    error TEXT, latency_ms REAL, response TEXT,
-    UNIQUE (seq, webhook, number, at));  -- also makes a repeated Outcome a no-op
-CREATE INDEX attempts_by_webhook ON attempts (webhook, at);
-CREATE INDEX attempts_at ON attempts (at);
-CREATE TABLE webhooks (
-    name TEXT PRIMARY KEY, state TEXT NOT NULL, disabled_reason TEXT,
-    consecutive_failures INTEGER NOT NULL, delivered INTEGER NOT NULL,
-    failed INTEGER NOT NULL, last_success REAL, last_error TEXT);
-PRAGMA user_version = 1;
-COMMIT;
-"""
-
-_PENDING_SQL = """
-SELECT d.seq, e.id, e.type, e.body, d.attempts, d.next_at
-FROM deliveries d JOIN events e ON e.seq = d.seq
-WHERE d.state = 'pending' AND d.webhook = ? AND d.seq > ?
-ORDER BY d.seq LIMIT ?
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,35 +124,7 @@ class Journal:
 
     def open(self) -> None:
         """Create the directory (0700), the file (0600) and the schema; open the writer."""
-        try:
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as e:
-            raise RouterError(f"cannot open journal {self.path}: {e}") from e
-        try:
-            conn.execute("PRAGMA busy_timeout = 5000")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                log.warning("journal %s: WAL mode unavailable, using %s", self.path, mode)
-            conn.execute("PRAGMA synchronous = FULL")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                conn.executescript(_SCHEMA)
-            elif version > SCHEMA_VERSION:
-                raise RouterError(
-                    f"journal {self.path} has schema version {version}, newer than this "
-                    f"router understands ({SCHEMA_VERSION}); upgrade the router"
-                )
-            if self._max_pages is not None:
-                conn.execute(f"PRAGMA max_page_count = {int(self._max_pages)}")
-        except sqlite3.Error as e:
-            conn.close()
-            raise RouterError(f"cannot open journal {self.path}: {e}") from e
-        except RouterError:
-            conn.close()
-            raise
-        self._conn = conn
+        self._conn = store.open_writer(self.path, self._max_pages)
 
     def start(self) -> None:
         """Start the writer thread. It is a daemon thread: abandoning it is a kill -9, no worse."""
@@ -238,10 +173,7 @@ class Journal:
 
     def reader(self) -> sqlite3.Connection:
         """A new read-only connection, for another thread (control socket, status)."""
-        uri = f"file:{urllib.parse.quote(self.path)}?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 5000")
-        return conn
+        return store.open_reader(self.path)
 
     # ----------------------------------------------------------------- start-up
 
@@ -260,7 +192,7 @@ class Journal:
             if gone:
                 conn.execute("BEGIN IMMEDIATE")
                 for webhook in gone:
-                    self._cancel(webhook)
+                    store.cancel(conn, webhook)
                 conn.execute("COMMIT")
             for webhook, n in gone.items():
                 log.warning(
@@ -271,7 +203,7 @@ class Journal:
             out = {}
             for name in names:
                 queued, exhausted = counts.get(name, (0, 0))
-                pending = self._pending(name, 0, limit) if queued else ()
+                pending = store.pending_deliveries(conn, name, 0, limit) if queued else ()
                 state = states.get(name, WebhookState())
                 out[name] = Restored(state, pending, queued, exhausted)
             return out
@@ -363,25 +295,20 @@ class Journal:
         conn.execute("SAVEPOINT msg")
         try:
             if isinstance(msg, Append):
-                out.committed.extend(self._append(msg, now))
+                out.committed.extend(store.insert_events(conn, msg, now))
             elif isinstance(msg, Outcome):
-                self._outcome(msg)
+                store.record_outcome(conn, msg)
             elif isinstance(msg, SaveState):
-                s = msg.state
-                conn.execute(
-                    "INSERT OR REPLACE INTO webhooks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (msg.webhook, s.state, s.disabled_reason, s.consecutive_failures,
-                     s.delivered, s.failed, s.last_success, s.last_error),
-                )  # fmt: skip
+                store.save_state(conn, msg.webhook, msg.state)
             elif isinstance(msg, LoadPending):
-                found = self._pending(msg.webhook, msg.after_seq, msg.limit)
+                found = store.pending_deliveries(conn, msg.webhook, msg.after_seq, msg.limit)
                 loaded = Loaded(msg.webhook, found, msg.after_seq, msg.limit)
                 out.after.append(functools.partial(msg.reply, loaded))
             elif isinstance(msg, Revive):
-                loaded = Loaded(msg.webhook, self._revive(msg), 0, None)
+                loaded = Loaded(msg.webhook, store.revive(conn, msg), 0, None)
                 out.after.append(functools.partial(msg.reply, loaded))
             elif isinstance(msg, Cancel):
-                n = self._cancel(msg.webhook)
+                n = store.cancel(conn, msg.webhook)
                 out.after.append(functools.partial(_log_cancelled, msg.webhook, n))
             else:
                 raise TypeError(f"not a journal message: {type(msg).__name__}")
@@ -439,83 +366,6 @@ class Journal:
         except Exception:
             log.exception("journal callback %s raised", getattr(fn, "__qualname__", fn))
 
-    # ----------------------------------------------------------------- statements
-
-    def _append(self, msg: Append, now: float) -> list[Committed]:
-        conn = self._conn
-        out, rows = [], []
-        for item in msg.items:
-            ev = item.event
-            cur = conn.execute(
-                "INSERT INTO events (id, type, received_at, body) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (id) DO NOTHING",
-                (ev.id, ev.type, now, ev.payload.body),
-            )
-            if cur.rowcount != 1:
-                out.append(Committed(item, None))  # a duplicate within retention
-                continue
-            rows.extend((cur.lastrowid, target) for target in dict.fromkeys(item.targets))
-            out.append(Committed(item, cur.lastrowid))
-        if rows:
-            conn.executemany(
-                "INSERT INTO deliveries (seq, webhook, state) VALUES (?, ?, 'pending')", rows
-            )
-        return out
-
-    def _outcome(self, msg: Outcome) -> None:
-        if msg.state not in (DONE, PENDING, EXHAUSTED):
-            raise ValueError(f"bad delivery state {msg.state!r}")
-        conn, r = self._conn, msg.result
-        # A done delivery stays done (a repeated Outcome is harmless); a cancelled one may
-        # only become done, when an attempt already in flight succeeded.
-        conn.execute(
-            "UPDATE deliveries SET state = ?, attempts = ?, next_at = ?"
-            " WHERE seq = ? AND webhook = ? AND state != 'done'"
-            " AND (state != 'cancelled' OR ? = 'done')",
-            (msg.state, r.number, msg.next_at, msg.seq, msg.webhook, msg.state),
-        )
-        conn.execute(
-            "INSERT INTO attempts (webhook, seq, event_id, number, at, status, error,"
-            " latency_ms, response) SELECT ?, seq, id, ?, ?, ?, ?, ?, ? FROM events"
-            " WHERE seq = ? ON CONFLICT DO NOTHING",
-            (msg.webhook, r.number, r.started_at, r.status, r.error, r.latency * 1000.0,
-             r.response, msg.seq),
-        )  # fmt: skip
-
-    def _pending(self, webhook: str, after_seq: int, limit: int) -> tuple[Delivery, ...]:
-        return tuple(
-            Delivery(seq, Payload(eid, etype, body), attempts, next_at)
-            for seq, eid, etype, body, attempts, next_at in self._conn.execute(
-                _PENDING_SQL, (webhook, after_seq, limit)
-            )
-        )
-
-    def _revive(self, msg: Revive) -> tuple[Delivery, ...]:
-        """Exhausted (and, for a replay, done) deliveries back to pending, attempts reset."""
-        conn = self._conn
-        states = "('exhausted', 'done')" if msg.include_done else "('exhausted')"
-        since = "" if msg.since is None else " AND e.received_at >= ?"
-        params = (msg.webhook,) if msg.since is None else (msg.webhook, msg.since)
-        rows = conn.execute(
-            "SELECT d.seq, e.id, e.type, e.body FROM deliveries d JOIN events e"
-            f" ON e.seq = d.seq WHERE d.webhook = ? AND d.state IN {states}{since}"
-            " ORDER BY d.seq",
-            params,
-        ).fetchall()
-        conn.executemany(
-            "UPDATE deliveries SET state = 'pending', attempts = 0, next_at = NULL"
-            " WHERE seq = ? AND webhook = ?",
-            [(seq, msg.webhook) for seq, *_ in rows],
-        )
-        return tuple(Delivery(seq, Payload(eid, etype, body)) for seq, eid, etype, body in rows)
-
-    def _cancel(self, webhook: str) -> int:
-        return self._conn.execute(
-            f"UPDATE deliveries SET state = '{CANCELLED}'"
-            " WHERE webhook = ? AND state IN ('pending', 'exhausted')",
-            (webhook,),
-        ).rowcount
-
     def _purge(self) -> None:
         """Delete finished events older than retention, their rows, and old attempt rows."""
         conn = self._conn
@@ -523,30 +373,16 @@ class Journal:
         cutoff = self._clock.time() - self._retention
         try:
             conn.execute("BEGIN IMMEDIATE")
-            seqs = [
-                (seq,)
-                for (seq,) in conn.execute(
-                    "SELECT seq FROM events e WHERE received_at < ? AND NOT EXISTS"
-                    " (SELECT 1 FROM deliveries d WHERE d.seq = e.seq"
-                    "  AND d.state IN ('pending', 'exhausted')) LIMIT ?",
-                    (cutoff, PURGE_CHUNK),
-                )
-            ]
-            for table in ("attempts", "deliveries", "events"):
-                conn.executemany(f"DELETE FROM {table} WHERE seq = ?", seqs)
-            old = conn.execute(
-                "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE at < ? LIMIT ?)",
-                (cutoff, PURGE_CHUNK),
-            ).rowcount
+            events, old = store.purge(conn, cutoff, PURGE_CHUNK)
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             self._try("ROLLBACK")
             metrics.JOURNAL_ERRORS.inc()
             log.error("journal purge failed: %s", e)
             return
-        if seqs or old:
-            log.info("journal purged %d expired events and %d old attempt rows", len(seqs), old)
-        if len(seqs) == PURGE_CHUNK or old == PURGE_CHUNK:
+        if events or old:
+            log.info("journal purged %d expired events and %d old attempt rows", events, old)
+        if events == PURGE_CHUNK or old == PURGE_CHUNK:
             self._next_purge = self._clock.monotonic()  # more to do: next loop, between batches
 
 
@@ -554,43 +390,3 @@ def _log_cancelled(webhook: str, n: int) -> None:
     log.warning("webhook %r cancelled: %d unfinished deliveries cancelled", webhook, n)
     if n:
         metrics.DELIVERIES.labels(webhook, "cancelled").inc(n)
-
-
-# --------------------------------------------------------------------------- readers
-
-
-def _iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def attempts(conn: sqlite3.Connection, webhook: str, limit: int) -> list[dict[str, Any]]:
-    """The attempt log of one webhook, newest first (for ``webhook-router attempts``)."""
-    rows = conn.execute(
-        "SELECT event_id, seq, number, at, status, error, latency_ms, response FROM attempts"
-        " WHERE webhook = ? ORDER BY at DESC, id DESC LIMIT ?",
-        (webhook, limit),
-    )
-    return [
-        {"id": eid, "seq": seq, "attempt": number, "at": _iso(at), "status": status,
-         "error": error, "latency_ms": latency_ms, "response": response}
-        for eid, seq, number, at, status, error, latency_ms, response in rows
-    ]  # fmt: skip
-
-
-def saved_states(conn: sqlite3.Connection) -> dict[str, WebhookState]:
-    """Every webhook's persisted state, straight from the file."""
-    return {row[0]: WebhookState(*row[1:]) for row in conn.execute("SELECT * FROM webhooks")}
-
-
-def unfinished(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
-    """Per webhook: (pending, exhausted) delivery counts, straight from the file."""
-    out: dict[str, tuple[int, int]] = {}
-    for webhook, state, n in conn.execute(
-        "SELECT webhook, state, count(*) FROM deliveries"
-        " WHERE state IN ('pending', 'exhausted') GROUP BY state, webhook"
-    ):
-        pending, exhausted = out.get(webhook, (0, 0))
-        out[webhook] = (n, exhausted) if state == PENDING else (pending, n)
-    return out

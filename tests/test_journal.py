@@ -17,7 +17,7 @@ import pytest
 
 from router import RouterError, metrics
 from router.clock import Clock
-from router.journal import Journal, Restored, attempts, unfinished
+from router.journal import Journal, Restored
 from router.messages import (
     Accepted,
     Append,
@@ -33,6 +33,7 @@ from router.messages import (
     SaveState,
     WebhookState,
 )
+from router.store import attempts, unfinished
 
 DEADLINE = 5.0
 
