@@ -339,8 +339,22 @@ def cmd_send(args: argparse.Namespace) -> int:
         address = args.to or ingest_address(args.config, args.ack)
     except RouterError as e:
         raise Fail(2, f"{e} (use -c FILE or --to ADDR)") from None
+    curve = None
+    if args.curve_server or args.curve_client:
+        if not (args.curve_server and args.curve_client):
+            raise Fail(2, "CURVE needs both --curve-server and --curve-client")
+        import zmq.auth
+
+        try:
+            server_public, _ = zmq.auth.load_certificate(args.curve_server)
+            client_public, client_secret = zmq.auth.load_certificate(args.curve_client)
+        except (OSError, ValueError) as e:
+            raise Fail(2, f"cannot read the CURVE certificates: {e}") from None
+        if client_secret is None:
+            raise Fail(2, f"{args.curve_client} holds no secret key")
+        curve = (server_public, client_public, client_secret)
     try:
-        ack = receiver.send_event(address, event, args.ack, args.timeout)
+        ack = receiver.send_event(address, event, args.ack, args.timeout, curve=curve)
     except RouterError as e:
         raise Fail(3, str(e)) from None
     if ack is None:
@@ -429,6 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ack", action="store_true", help="wait until the router has journaled it")
     p.add_argument("--to", metavar="ADDR", help="ingest address (default: from the config)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the ack")
+    p.add_argument(
+        "--curve-server", metavar="FILE", help="the router's public certificate (CURVE ingest)"
+    )
+    p.add_argument(
+        "--curve-client", metavar="FILE", help="this producer's secret certificate (CURVE ingest)"
+    )
     p.set_defaults(func=cmd_send)
 
     p = sub.add_parser("listen", help="a local webhook receiver that prints each delivery")

@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import signal
 import sys
 import threading
 import time
@@ -106,6 +107,10 @@ def _handler(secrets: list[bytes], status: int, out_lock: threading.Lock) -> typ
     return Handler
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(host: str, port: int, secrets: list[bytes], status: int) -> int:
     """Print each delivery to ``host:port`` until Ctrl-C; replies ``status`` to every POST.
 
@@ -120,6 +125,8 @@ def serve(host: str, port: int, secrets: list[bytes], status: int) -> int:
     server.daemon_threads = True
     host, port = server.server_address[:2]
     print(f"listening on http://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # stop on SIGTERM as on Ctrl-C
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -137,3 +137,10 @@ def test_signature_check_verifies_the_hex_scheme_in_its_header():
     assert verify_signature({"X-Signature": good}, body, [b"k1"], 0.0) == "signature ok (hex)"
     assert verify_signature({"X-Signature": good}, body, [b"k2"], 0.0) == ("signature BAD (hex)")
     assert verify_signature({}, body, [b"k1"], 0.0) == "unsigned"
+
+
+def test_listen_stops_cleanly_on_sigterm(listener):
+    lst = listener()
+    lst.proc.send_signal(signal.SIGTERM)
+    assert lst.proc.wait(10) == 0
+    assert lst.err.get(timeout=5).strip() == "stopped"

@@ -51,9 +51,23 @@ def test_curve_lets_authorized_producers_in_and_no_one_else(hooks, daemon_factor
             sock.close()
 
     assert send(client_secret_file, "friend", 10_000) == {"ok": True, "id": "friend"}
+    proc = d.cli(
+        "send",
+        "T",
+        "--id",
+        "by-cli",
+        "--ack",
+        "--to",
+        f"tcp://127.0.0.1:{port}",
+        "--curve-server",
+        str(server_public),
+        "--curve-client",
+        str(client_secret_file),
+    )
+    assert proc.returncode == 0 and "ok by-cli" in proc.stdout, proc.stdout + proc.stderr
     assert send(stranger_secret_file, "stranger", 1_000) is None  # nothing in, nothing back
-    wait_until(lambda: hooks.ids("/c") == ["friend"], what="the authorized event")
-    assert d.status()["events"]["received"] == 1
+    wait_until(lambda: sorted(hooks.ids("/c")) == ["by-cli", "friend"], what="authorized events")
+    assert d.status()["events"]["received"] == 2
 
 
 def test_a_host_that_resolves_to_loopback_is_blocked_at_connect_time(hooks, daemon_factory):
