@@ -43,6 +43,7 @@ from router.supervisor import (
     Enqueue,
     Reconfigure,
     Replay,
+    Starter,
     WebhookHandle,
     Wiring,
 )
@@ -88,8 +89,14 @@ class App:
         )
         self.pool = DeliveryPool(cfg.delivery_workers, self.clock)
         self.scheduler = Scheduler(self.clock)
+        self.starter = Starter()
         self.wiring = Wiring(
-            self.pool, self.journal, self.scheduler, self.clock, lambda: new_id(self.clock)
+            self.pool,
+            self.journal,
+            self.scheduler,
+            self.clock,
+            lambda: new_id(self.clock),
+            self.starter,
         )
         self.filter: pykka.ActorRef | None = None
         self.receiver: pykka.ActorRef | None = None
@@ -108,6 +115,7 @@ class App:
         self.journal.start()
         self.scheduler.start()
         self.pool.start()
+        self.starter.start()
         self._start_supervisors(cfg.webhooks, restored)
         self.filter = FilterActor.start(Filter.from_config(cfg), self.journal.submit)
         self.receiver = Receiver.start(cfg.ingest, self._route, self.channel, self.clock)
@@ -174,6 +182,7 @@ class App:
                 busy,
             )
         stopping = [h.close() for h in self.supervisors.values()]
+        self.starter.stop()
         for ref in stopping:
             if ref is not None:
                 ref.actor_stopped.wait(ASK_TIMEOUT)

@@ -15,6 +15,7 @@ through its handle, so nothing can reach a stopping actor.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ class Wiring:
     scheduler: Any  # router.scheduler.Scheduler
     clock: Any  # router.clock.Clock
     new_id: Callable[[], str]
+    starter: Starter | None = None  # None: start supervisors on the caller's thread
 
 
 # --------------------------------------------------------------------------- the actor
@@ -216,6 +218,7 @@ class WebhookHandle:
         self._wiring = wiring
         self._lock = threading.Lock()
         self._ref: pykka.ActorRef | None = None
+        self._backlog: list[Any] = []  # messages waiting for the starter to start the actor
         self._closed = False
         self.restarts = 0
 
@@ -223,9 +226,27 @@ class WebhookHandle:
 
     def tell(self, message: Any) -> None:
         with self._lock:
+            if self._closed:
+                return
+            if self._ref is not None and self._ref.is_alive():
+                self._ref.tell(message)
+                return
+            starter = self._wiring.starter
+            if starter is None:
+                self._running().tell(message)
+                return
+            self._backlog.append(message)
+            if len(self._backlog) == 1:
+                starter.put(self)
+
+    def start_from_backlog(self) -> None:
+        """The starter's part: start the actor and hand it what came meanwhile, in order."""
+        with self._lock:
             ref = self._running()
+            backlog, self._backlog = self._backlog, []
             if ref is not None:
-                ref.tell(message)
+                for message in backlog:
+                    ref.tell(message)
 
     def tick(self) -> None:
         self.tell(Tick())
@@ -276,6 +297,7 @@ class WebhookHandle:
         """Stop the actor (if any) and refuse further messages. Returns the stopping ref."""
         with self._lock:
             self._closed = True
+            self._backlog = []
             ref, self._ref = self._ref, None
         if ref is not None:
             try:
@@ -293,6 +315,7 @@ class WebhookHandle:
         return ref is not None and not ref.is_alive()
 
     def _running(self) -> pykka.ActorRef | None:
+        """The running actor, started now if need be (lock held). None once closed."""
         if self._closed:
             return None
         if self._ref is not None and self._ref.is_alive():
@@ -301,4 +324,37 @@ class WebhookHandle:
             self.restarts += 1
             log.error("webhook %s: supervisor died; restarting it", self.name)
         self._ref = Supervisor.start(self.core, self, self._wiring)
+        for message in self._backlog:  # the starter has not got to it yet: keep the order
+            self._ref.tell(message)
+        self._backlog = []
         return self._ref
+
+
+class Starter:
+    """Starts supervisors off the caller's thread.
+
+    A burst of events can wake thousands of idle webhooks at once, and a thread
+    takes a while to start; the journal thread that tells them must not wait.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[WebhookHandle | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="supervisor-starter")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, handle: WebhookHandle) -> None:
+        self._queue.put(handle)
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while (handle := self._queue.get()) is not None:
+            try:
+                handle.start_from_backlog()
+            except Exception:
+                log.exception("webhook %s: could not start its supervisor", handle.name)

@@ -4,6 +4,7 @@ The pool and journal here only record what they are given; the network path is
 covered by tests/test_delivery.py and tests/integration/.
 """
 
+import dataclasses
 import threading
 import time
 
@@ -136,3 +137,29 @@ def test_a_closed_handle_refuses_messages(parts):
     assert not h.running()
     with pytest.raises(pykka.ActorDeadError):
         h.ask(supervisor.Snapshot(), timeout=1)
+
+
+def test_a_starter_starts_supervisors_off_the_callers_thread_keeping_the_order(parts):
+    starter = supervisor.Starter()
+    wiring = dataclasses.replace(parts, starter=starter)
+    h = handle_for(wiring)
+    h.tell(Enqueue((delivery(1),)))
+    h.tell(Enqueue((delivery(2),)))
+    assert not h.running()  # nothing started on this thread
+    assert h.snapshot()["queued"] == 0  # the core is still the handle's to read
+    starter.start()
+    try:
+        wait_until(lambda: len(parts.pool.items) == 2)
+        assert [a.seq for a, _ in parts.pool.items] == [1, 2]
+        assert h.running()
+    finally:
+        starter.stop()
+
+
+def test_an_ask_does_not_wait_for_the_starter(parts):
+    starter = supervisor.Starter()  # never started: the ask must start the actor itself
+    h = handle_for(dataclasses.replace(parts, starter=starter))
+    h.tell(Enqueue((delivery(1),)))
+    snap = h.ask(supervisor.Snapshot(), timeout=5)
+    assert snap["in_flight"] == 1  # the backlog went in before the ask
+    wait_until(lambda: len(parts.pool.items) == 1)
