@@ -368,7 +368,6 @@ def test_ingest_address_reads_the_config_like_the_loader_does(tmp_path):
         ingest_address(str(tmp_path / "b.yaml"), ack=True)
 
 
-@pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML is built without libyaml")
 def test_control_address_reads_the_config_with_the_c_loader(tmp_path, monkeypatch):
     used = []
 

@@ -6,10 +6,8 @@ import base64
 import email.utils
 import hmac
 import json
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -17,6 +15,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import trustme
 from standardwebhooks.webhooks import Webhook
 
 import router.guard
@@ -351,18 +350,12 @@ def test_private_address_is_reached_with_allow_private_networks(server, pool):
 
 @pytest.fixture
 def certificate(tmp_path):
-    """A self-signed certificate for the name ``localhost`` only."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext",
-         "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    """A test CA, and a server certificate it issued for the name ``localhost`` only."""
+    ca = trustme.CA()
+    cert = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cert))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
+    ca.issue_cert("localhost").configure_cert(context)
     return cert, context
 
 
