@@ -348,9 +348,13 @@ def _result(
     retry_after: float | None = None,
     response: bytes = b"",
 ) -> AttemptResult:
-    """Build the result; log a failure, one line, without secrets or headers."""
+    """Build the result; a failure is logged at debug level, without secrets or headers.
+
+    The supervisor logs the line worth knowing (retry at …, or disabled), so one
+    failed attempt is one INFO line, not two.
+    """
     if not ok:
-        log.info(
+        log.debug(
             "%s: event %s attempt %d failed: %s",
             attempt.webhook.name, attempt.payload.id, attempt.number, error,
         )  # fmt: skip
