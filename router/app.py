@@ -118,10 +118,7 @@ class App:
         self.starter.start()
         self._start_supervisors(cfg.webhooks, restored)
         self.filter = FilterActor.start(Filter.from_config(cfg), self.journal.submit)
-        self.receiver = Receiver.start(cfg.ingest, self._route, self.channel, self.clock)
-        error = self.receiver.ask(Bind(), timeout=ASK_TIMEOUT)
-        if error:
-            raise RouterError(f"cannot open the ingest sockets: {error}")
+        self._start_receiver()
         for addr in (cfg.ingest.bind, cfg.ingest.ack_bind):
             if addr and addr.startswith("tcp://") and cfg.ingest.curve is None:
                 host = addr[6:].rsplit(":", 1)[0]
@@ -438,8 +435,22 @@ class App:
             rsock.close()
             wsock.close()
 
+    def _start_receiver(self) -> None:
+        cfg = self.config
+        self.receiver = Receiver.start(cfg.ingest, self._route, self.channel, self.clock)
+        error = self.receiver.ask(Bind(), timeout=ASK_TIMEOUT)
+        if error:
+            _stop(self.receiver, "receiver")  # so that the next check tries again
+            raise RouterError(f"cannot open the ingest sockets: {error}")
+
     def _check_actors(self) -> None:
         """An actor that died anyway is noticed, logged and restarted."""
+        if self.receiver is not None and not self.receiver.is_alive():
+            log.error("receiver died; starting a new one on the same addresses")
+            try:
+                self._start_receiver()
+            except RouterError as e:
+                log.error("%s; will try again", e)
         if self.filter is not None and not self.filter.is_alive():
             log.error("filter actor died; restarting it")
             self.filter = FilterActor.start(Filter.from_config(self.config), self.journal.submit)

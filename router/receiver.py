@@ -212,6 +212,14 @@ class Receiver(pykka.ThreadingActor):
         except Exception:
             logger.exception("could not close the ingest sockets")
 
+    def on_failure(self, exception_type, exception_value, traceback) -> None:
+        """Died anyway: free the addresses, so that the owner can bind a new receiver."""
+        logger.error("receiver failed: %s", exception_value)
+        try:
+            self._close()
+        except Exception:
+            logger.exception("could not close the ingest sockets")
+
     def _on_bind(self) -> str | None:
         if self._all is not None:
             return None
