@@ -1,5 +1,8 @@
 """Five failures disable a webhook; its events are held; `enable` health-checks and flushes."""
 
+import json
+import socket
+
 from tests.integration.conftest import Reply, wait_until
 
 
@@ -76,3 +79,26 @@ def test_probe_interval_brings_a_gone_webhook_back_by_itself(hooks, daemon_facto
     assert len(probes) == 3
     assert hooks.at("/p", "T")[-1].at > probes[-1].at
     assert d.webhook("p")["state"] == "active"
+
+
+def test_an_unreachable_endpoint_is_retried_then_disabled_and_its_events_held(
+    hooks, daemon_factory
+):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    webhook = {"name": "gone-away", "url": f"http://127.0.0.1:{closed}/x"}
+    webhook["retry"] = {"attempts": 3, "backoff": ["20ms"]}
+    d = daemon_factory([webhook]).start()
+    d.send({"type": "T", "id": "u1"})
+    w = wait_until(
+        lambda: d.webhook("gone-away")["state"] == "disabled" and d.webhook("gone-away"),
+        what="disabled after 3 refused connections",
+    )
+    assert (w["failed"], w["consecutive_failures"]) == (1, 3)
+    assert w["last_error"] == "connection refused"
+    d.send({"type": "T", "id": "u2"})
+    wait_until(lambda: d.webhook("gone-away")["queued"] == 1, what="the held event")
+    attempts = d.cli("attempts", "gone-away", "--json")
+    assert attempts.returncode == 0
+    assert [a["error"] for a in json.loads(attempts.stdout)] == ["connection refused"] * 3
