@@ -145,7 +145,7 @@ class Supervisor(pykka.ThreadingActor):
                 return future
             case Disable():
                 self._run(core.disable())
-                return core._answer(True, "disabled")
+                return core.answer(True, "disabled")
             case Replay(since, failed_only):
                 future = pykka.ThreadingFuture()
                 self._run(core.replay(since, failed_only, future.set))

@@ -230,7 +230,7 @@ class WebhookCore:
     def enable(self, now: float, waiter: Callable[[dict], None] | None) -> list:
         if self.state.state != "disabled":
             if waiter:
-                waiter(self._answer(True, "already enabled"))
+                waiter(self.answer(True, "already enabled"))
             return []
         if waiter:
             self.probe_waiters.append(waiter)
@@ -383,7 +383,7 @@ class WebhookCore:
             )
             effects.append(self._requeue())
             effects.append(Record(SaveState(self.config.name, self.state)))
-            answer = self._answer(True, "health check passed")
+            answer = self.answer(True, "health check passed")
         else:
             error = r.error or "failed"
             self.state = replace(self.state, last_error=f"health check: {error}")
@@ -393,13 +393,14 @@ class WebhookCore:
             effects.append(Record(SaveState(self.config.name, self.state)))
             if self.config.health.probe_interval and self.state.state == "disabled":
                 effects.append(WakeAt(now + self.config.health.probe_interval))
-            answer = self._answer(False, f"health check failed: {error}")
+            answer = self.answer(False, f"health check failed: {error}")
         waiters, self.probe_waiters = self.probe_waiters, []
         for w in waiters:
             w(answer)
         return effects + self.pump(now)
 
-    def _answer(self, ok: bool, detail: str) -> dict:
+    def answer(self, ok: bool, detail: str) -> dict:
+        """What the control socket gets back from enable and disable."""
         return {"webhook": self.config.name, "ok": ok, "state": self.state.state, "detail": detail}
 
     def idle(self) -> bool:
