@@ -1,5 +1,7 @@
 """Reload, kill -9, SIGTERM, and refusing a broken config: nothing accepted is lost."""
 
+from standardwebhooks.webhooks import Webhook
+
 from tests.integration.conftest import Daemon, Reply, wait_until
 
 
@@ -110,3 +112,28 @@ def test_a_second_daemon_on_the_same_state_dir_refuses_to_start(hooks, daemon_fa
         second.close()
     first.send({"type": "T", "id": "still-served"})
     wait_until(lambda: hooks.ids("/a") == ["still-served"], what="the first daemon")
+
+
+def test_reload_rereads_secrets_for_rotation(hooks, daemon_factory, tmp_path):
+    old, new = (
+        "whsec_b2xkLXNlY3JldC1rZXktb2xkLW9sZC1vbGQ=",
+        "whsec_bmV3LXNlY3JldC1rZXktbmV3LW5ldy1uZXc=",
+    )
+    secret_file = tmp_path / "hook.secret"
+    secret_file.write_text(old)
+    d = daemon_factory([{"name": "s", "url": hooks.url("/s"), "secret_file": str(secret_file)}])
+    del d.settings["defaults"]["secret"]
+    d.write()
+    d.start()
+    d.send({"type": "T", "id": "signed-old"})
+    (first,) = wait_until(lambda: hooks.at("/s"), what="the first delivery")
+    Webhook(old).verify(first.body, first.headers)
+
+    secret_file.write_text(f"{new} {old}")  # rotation: new first, old still accepted
+    d.reload()
+    d.send({"type": "T", "id": "signed-new"})
+    second = wait_until(lambda: len(hooks.at("/s")) == 2 and hooks.at("/s")[1], what="the second")
+    assert len(second.headers["webhook-signature"].split()) == 2
+    Webhook(new).verify(second.body, second.headers)
+    Webhook(old).verify(second.body, second.headers)
+    assert "whsec_" not in d.log()
