@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from router import ConfigError
+from router.guard import blocked_kind
 from router.rules import Rule
 from router.schema import (
     BAD,
@@ -113,18 +114,8 @@ def _blocked(url: str) -> str | None:
         ip = ipaddress.ip_address(host.split("%")[0])
     except ValueError:
         return None  # a name: the delivery pool checks what it resolves to
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    kinds = [
-        ("an unspecified", ip.is_unspecified),
-        ("a loopback", ip.is_loopback),
-        ("a link-local", ip.is_link_local),
-        ("a multicast", ip.is_multicast),
-        ("a reserved", ip.is_reserved),
-        ("a private", ip.is_private),
-        ("a non-public", not ip.is_global),
-    ]
-    return next((f"{host} is {kind} address" for kind, hit in kinds if hit), None)
+    kind = blocked_kind(ip)
+    return f"{host} is {kind} address" if kind else None
 
 
 _BUILT = ("retry", "health", "rate_limit")  # tunables made into their own frozen values
