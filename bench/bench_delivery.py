@@ -90,6 +90,25 @@ def snapshot(d: Daemon, row: dict, cpu_before: float) -> None:
     THREADS_BEFORE.update(now_)
 
 
+def finish_row(d, rx, name, n, paths, t0, cpu0, ok, accepted_s, note) -> dict:
+    """The figures every throughput phase reports, from what the receiver recorded."""
+    records = rx.dump()
+    last = max((r[0] for r in records), default=t0)
+    row = {
+        "phase": name,
+        "events": n,
+        "deliveries": len(records),
+        "accepted_s": accepted_s,
+        "accept_note": note,
+        "delivered_s": len(records) / max(last - t0, 1e-9),
+        "complete": ok,
+        **check_records(records, n, paths),
+    }
+    snapshot(d, row, cpu0)
+    ROWS.append(row)
+    return row
+
+
 def phase_push(ctx, d: Daemon, rx: Receiver, name: str, n: int, paths: int, timeout: float):
     rx.dump()
     base = rx.count
@@ -105,21 +124,8 @@ def phase_push(ctx, d: Daemon, rx: Receiver, name: str, n: int, paths: int, time
         ok = wait_delivered(rx, base + n * paths, timeout)
     finally:
         sock.close()
-    records = rx.dump()
-    last = max((r[0] for r in records), default=t0)
-    row = {
-        "phase": name,
-        "events": n,
-        "deliveries": len(records),
-        "accepted_s": n / max(t_sent - t0, 1e-9),
-        "accept_note": "(sent into ZMQ)",
-        "delivered_s": len(records) / max(last - t0, 1e-9),
-        "complete": ok,
-        **check_records(records, n, paths),
-    }
-    snapshot(d, row, cpu0)
-    ROWS.append(row)
-    return row
+    accepted_s = n / max(t_sent - t0, 1e-9)
+    return finish_row(d, rx, name, n, paths, t0, cpu0, ok, accepted_s, "(sent into ZMQ)")
 
 
 def phase_dealer(ctx, d: Daemon, rx: Receiver, name: str, n: int, timeout: float):
@@ -166,21 +172,9 @@ def phase_dealer(ctx, d: Daemon, rx: Receiver, name: str, n: int, timeout: float
         ok = wait_delivered(rx, base + n, max(1.0, deadline - time.monotonic()))
     finally:
         sock.close()
-    records = rx.dump()
-    last = max((r[0] for r in records), default=t0)
-    row = {
-        "phase": name,
-        "events": n,
-        "deliveries": len(records),
-        "accepted_s": acks / max(t_last_ack - t0, 1e-9),
-        "accept_note": f"({acks} acks)",
-        "delivered_s": len(records) / max(last - t0, 1e-9),
-        "complete": ok,
-        "ack_errors": dict(err_examples),
-        **check_records(records, n, 1),
-    }
-    snapshot(d, row, cpu0)
-    ROWS.append(row)
+    accepted_s = acks / max(t_last_ack - t0, 1e-9)
+    row = finish_row(d, rx, name, n, 1, t0, cpu0, ok, accepted_s, f"({acks} acks)")
+    row["ack_errors"] = dict(err_examples)
     return row
 
 
