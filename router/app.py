@@ -198,9 +198,10 @@ class App:
         log.info("stopped")
 
     def _wait_drained(self, deadline: float) -> int:
-        busy = 0
+        """Wait for in-flight attempts to finish; the number still running at the deadline."""
         while True:
-            snaps = self._snapshots()
+            # Only a running supervisor can have attempts in flight.
+            snaps = self._snapshots([h for h in self.supervisors.values() if h.running()])
             busy = sum(s.get("in_flight", 0) for s in snaps)
             if busy == 0 or time.monotonic() >= deadline:
                 return busy
@@ -306,10 +307,11 @@ class App:
             raise RouterError(f"no webhook named '{name}'")
         return handle
 
-    def _snapshots(self) -> list[dict]:
+    def _snapshots(self, handles: Iterable[WebhookHandle] | None = None) -> list[dict]:
         """Idle webhooks answer from their handle; running ones are asked, all at once."""
         pending = []
-        for name, handle in list(self.supervisors.items()):
+        for handle in list(self.supervisors.values()) if handles is None else handles:
+            name = handle.name
             try:
                 pending.append((name, handle.snapshot()))
             except pykka.ActorDeadError:
