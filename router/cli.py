@@ -19,11 +19,10 @@ from typing import Any
 import yaml
 
 from router import ConfigError, ControlError, RouterError, __version__, listen
-from router.config import parse_duration
+from router.config import CONTROL_SOCKET, DEFAULT_STATE_DIR, IngestConfig, parse_duration
 
 DEFAULT_CONFIG = "/etc/webhook-router/router.yaml"
 CONFIG_ENV = "WEBHOOK_ROUTER_CONFIG"
-DEFAULT_INGEST = {"bind": "tcp://127.0.0.1:5555", "ack_bind": "tcp://127.0.0.1:5556"}
 CONTROL_TIMEOUTS = {"status": 30.0, "enable": 60.0}  # seconds; other commands wait 10
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -88,10 +87,10 @@ def control_address(config_path: str) -> str:
     base = os.path.dirname(os.path.abspath(config_path))
     bind = _section(doc, "control", config_path).get("bind")
     if bind is None:
-        state_dir = doc.get("state_dir") or "./var"
+        state_dir = doc.get("state_dir") or DEFAULT_STATE_DIR
         if not isinstance(state_dir, str):
             raise RouterError(f"{config_path}: state_dir must be a path")
-        bind = "ipc://" + os.path.join(state_dir, "control.sock")
+        bind = "ipc://" + os.path.join(state_dir, CONTROL_SOCKET)
     if not isinstance(bind, str):
         raise RouterError(f"{config_path}: control.bind must be an address")
     return _connectable(bind, base)
@@ -103,7 +102,7 @@ def ingest_address(config_path: str, ack: bool) -> str:
     doc = _read_yaml(config_path)
     ingest = _section(doc, "ingest", config_path)
     # as in config.py: an ingest section turns off the socket it leaves out
-    bind = ingest.get(key) if "ingest" in doc else DEFAULT_INGEST[key]
+    bind = ingest.get(key) if "ingest" in doc else getattr(IngestConfig(), key)
     if not bind:
         raise RouterError(f"{config_path} has no ingest.{key}; use --to ADDR")
     if not isinstance(bind, str):

@@ -36,6 +36,8 @@ from router.validators import parse_size as parse_size
 _FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 5x faster on big files
 
 MiB = 1024 * 1024
+DEFAULT_STATE_DIR = "./var"
+CONTROL_SOCKET = "control.sock"  # in state_dir, unless control.bind says otherwise
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +252,7 @@ def load(path: str, env: Mapping[str, str] | None = None) -> Config:
     ingest = _ingest(main, top)
     if errors:
         raise ConfigError([text for _, _, text in sorted(errors, key=lambda e: e[:2])])
-    state_dir = top.get("state_dir", main.resolve("./var"))
+    state_dir = top.get("state_dir", main.resolve(DEFAULT_STATE_DIR))
     extra = {k: top[k] for k in ("retention", "shutdown_timeout", "delivery_workers") if k in top}
     if "bind" in top.get("metrics", {}):
         extra["metrics_bind"] = top["metrics"]["bind"]
@@ -258,7 +260,7 @@ def load(path: str, env: Mapping[str, str] | None = None) -> Config:
         path=absolute,
         state_dir=state_dir,
         ingest=ingest,
-        control_bind=top.get("control", {}).get("bind", f"ipc://{state_dir}/control.sock"),
+        control_bind=top.get("control", {}).get("bind", f"ipc://{state_dir}/{CONTROL_SOCKET}"),
         webhooks=tuple(built),
         **extra,
     )
