@@ -13,10 +13,10 @@ import logging
 import os
 import sqlite3
 import urllib.parse
-from datetime import UTC, datetime
 from typing import Any
 
 from router import RouterError
+from router.clock import iso
 from router.messages import (
     CANCELLED,
     DONE,
@@ -240,12 +240,6 @@ def pending_deliveries(
     )
 
 
-def _iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def attempts(conn: sqlite3.Connection, webhook: str, limit: int) -> list[dict[str, Any]]:
     """The attempt log of one webhook, newest first (for ``webhook-router attempts``)."""
     rows = conn.execute(
@@ -254,7 +248,7 @@ def attempts(conn: sqlite3.Connection, webhook: str, limit: int) -> list[dict[st
         (webhook, limit),
     )
     return [
-        {"id": eid, "seq": seq, "attempt": number, "at": _iso(at), "status": status,
+        {"id": eid, "seq": seq, "attempt": number, "at": iso(at), "status": status,
          "error": error, "latency_ms": latency_ms, "response": response}
         for eid, seq, number, at, status, error, latency_ms, response in rows
     ]  # fmt: skip

@@ -17,11 +17,11 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from router import metrics, retry
+from router.clock import iso
 from router.config import WebhookConfig
 from router.messages import (
     DONE,
@@ -85,12 +85,6 @@ class Restored:
     state: WebhookState = WebhookState()
     pending: tuple[Delivery, ...] = ()
     queued: int = 0
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class WebhookCore:
