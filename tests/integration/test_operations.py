@@ -81,9 +81,13 @@ def test_replay_sends_delivered_events_again_and_attempts_shows_the_log(hooks, d
     d.send({"type": "T", "id": "x2"})
     wait_until(lambda: d.webhook("r")["delivered"] == 2, what="two deliveries")
 
-    proc = d.cli("attempts", "r", "--json")
-    assert proc.returncode == 0, proc.stderr
-    log = json.loads(proc.stdout)
+    def attempt_log() -> list[dict]:
+        proc = d.cli("attempts", "r", "--json")
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    # The journal writes the attempt log just after the supervisor counts a delivery.
+    log = wait_until(lambda: len(attempt_log()) == 3 and attempt_log(), what="3 attempts logged")
     assert [a["attempt"] for a in log if a["id"] == "x1"] == [2, 1]
     failed = [a for a in log if a["status"] == 500]
     assert failed and failed[0]["response"] == "boom"
