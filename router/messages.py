@@ -111,6 +111,9 @@ class AttemptResult:
     latency: float  # seconds from send to response (or failure)
     response: str  # response body, at most 64 KiB, decoded leniently
     started_at: float  # wall-clock time the attempt started
+    # The router could not build or send the request (a bug or a value it cannot carry):
+    # not the endpoint's fault, so it never counts towards the webhook's health.
+    router_fault: bool = False
 
 
 # --------------------------------------------------------------------------- journal
