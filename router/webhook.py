@@ -98,8 +98,10 @@ class WebhookCore:
         new_id: Callable[[], str],
         rand: Callable[[], float] = random.random,
         queue_limit: int = QUEUE_LIMIT,
+        budget: Any = None,
     ):
         self.config = config
+        self.budget = budget  # the memory budget shared by every webhook's queue (None: none)
         self.state = restored.state
         self.new_id = new_id
         self.rand = rand
@@ -392,6 +394,9 @@ class WebhookCore:
         for w in waiters:
             w(answer)
         return effects + self.pump(now)
+
+    def discard(self) -> None:
+        """This core is being replaced (a rebuild from the journal): give back its memory."""
 
     def answer(self, ok: bool, detail: str) -> dict:
         """What the control socket gets back from enable and disable."""
