@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +23,12 @@ from router.messages import Event, Payload
 KEYS = ("type", "id", "company", "project", "timestamp", "data")
 MAX_NAME_CHARS = 200  # type and id
 MAX_DEPTH = 100  # nesting inside data; far beyond real payloads, well inside every stack
+# The id travels in the webhook-id header and in the signed content, so it is limited to
+# what every HTTP stack carries unchanged: visible ASCII, no spaces or control characters.
+_ID_CHARS = re.compile(r"[!-~]+")
+# What one decoded value costs in memory beyond its text, in bytes (a Python object and
+# the reference to it): an estimate on the high side, so that budgets err towards safety.
+VALUE_COST = 64
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -58,7 +65,7 @@ def decode(frame: bytes, max_bytes: int, clock: Clock) -> Event:
         raise BadEvent("missing_type", "the event has no 'type'")
     etype = _name(doc["type"], "bad_type", "type")
     eid = doc.get("id")
-    eid = new_id(clock) if eid is None else _name(eid, "bad_id", "id")
+    eid = new_id(clock) if eid is None else _event_id(eid)
     company = _optional_str(doc.get("company"), "bad_company", "company")
     project = _optional_str(doc.get("project"), "bad_project", "project")
     received = clock.time()
@@ -66,7 +73,8 @@ def decode(frame: bytes, max_bytes: int, clock: Clock) -> Event:
     data = {} if doc.get("data") is None else doc["data"]
     if not isinstance(data, dict):
         raise BadEvent("bad_data", f"data must be a map, not {_kind(data)}")
-    _check_json(data)
+    values = _check_json(data)
+    payload = _payload(eid, etype, ts, company, project, data)
     return Event(
         id=eid,
         type=etype,
@@ -74,7 +82,8 @@ def decode(frame: bytes, max_bytes: int, clock: Clock) -> Event:
         company=company,
         project=project,
         data=data,
-        payload=_payload(eid, etype, ts, company, project, data),
+        payload=payload,
+        cost=len(frame) + len(payload.body) + VALUE_COST * values,
     )
 
 
@@ -87,6 +96,18 @@ def _name(value: Any, reason: str, key: str) -> str:
     if not 1 <= len(value) <= MAX_NAME_CHARS:
         raise BadEvent(reason, f"{key} must be 1-{MAX_NAME_CHARS} characters, got {len(value)}")
     return value
+
+
+def _event_id(value: Any) -> str:
+    eid = _name(value, "bad_id", "id")
+    if not _ID_CHARS.fullmatch(eid):
+        bad = next(c for c in eid if not _ID_CHARS.fullmatch(c))
+        raise BadEvent(
+            "bad_id",
+            f"id may hold only visible ASCII characters (no spaces or control characters);"
+            f" found {bad!r} (U+{ord(bad):04X})",
+        )
+    return eid
 
 
 def _optional_str(value: Any, reason: str, key: str) -> str | None:
@@ -120,15 +141,19 @@ def _timestamp(value: Any) -> float:
     return ts
 
 
-def _check_json(data: dict[str, Any]) -> None:
+def _check_json(data: dict[str, Any]) -> int:
     """Refuse anything JSON cannot carry, naming where it sits (``data.items[2].x``).
 
     Iterative with an explicit depth bound, so a hostile payload cannot exhaust the
     (possibly small) stack of the receiver thread here or later in ``json.dumps``.
+    Returns how many values (containers, keys and items) ``data`` holds: what its
+    decoded form costs beyond its text, which a small frame can make large.
     """
     stack: list[tuple[Any, str, int]] = [(data, "data", 1)]
+    values = 1
     while stack:
         container, path, depth = stack.pop()
+        values += len(container) * (2 if isinstance(container, dict) else 1)
         if depth > MAX_DEPTH:
             raise BadEvent("bad_data", f"{_short(path)}: nested deeper than {MAX_DEPTH} levels")
         pairs = container.items() if isinstance(container, dict) else enumerate(container)
@@ -141,6 +166,7 @@ def _check_json(data: dict[str, Any]) -> None:
             elif not _json_scalar(item):
                 where = _short(_path(path, key), 120)
                 raise BadEvent("bad_data", f"{where}: {_kind(item)} is not representable in JSON")
+    return values
 
 
 def _json_scalar(value: Any) -> bool:

@@ -107,6 +107,35 @@ def test_bad_ids_are_refused(value):
     assert reason_of(pack({"type": "T", "id": value})).reason == "bad_id"
 
 
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ("订单-1", "U+8BA2"),
+        ("a\r\nX-Evil: 1", "U+000D"),
+        ("a\x00b", "U+0000"),
+        ("a b", "U+0020"),
+        ("é", "U+00E9"),
+        ("tab\t", "U+0009"),
+        ("del\x7f", "U+007F"),
+    ],
+)
+def test_ids_that_cannot_travel_in_a_header_are_refused_naming_the_character(value, named):
+    bad = reason_of(pack({"type": "T", "id": value}))
+    assert bad.reason == "bad_id"
+    assert named in bad.message and "visible ASCII" in bad.message
+
+
+def test_every_visible_ascii_character_is_a_valid_id():
+    visible = "".join(chr(c) for c in range(0x21, 0x7F))
+    assert event(id=visible).id == visible
+
+
+def test_cost_counts_what_the_decoded_data_holds_not_only_the_frame():
+    small = event(data={"a": [[] for _ in range(10)]})
+    wide = event(data={"a": [[] for _ in range(100_000)]})  # 100 KB on the wire, ~6 MB decoded
+    assert wide.cost > 60 * 100_000 > small.cost
+
+
 @pytest.mark.parametrize("key", ["company", "project"])
 @pytest.mark.parametrize("value", [5, ["a"], b"acme", {"a": 1}, False])
 def test_company_and_project_must_be_strings(key, value):
@@ -215,7 +244,7 @@ def test_company_and_project_are_omitted_when_absent_or_nil():
 
 
 def test_unicode_is_kept_as_utf8_not_escaped():
-    ev = event(id="é", type="ÜBER", data={"emoji": "🦆", "ключ": "значение"})
+    ev = event(id="e-1", type="ÜBER", data={"emoji": "🦆", "ключ": "значение"})
     assert '"emoji":"🦆"' in ev.payload.body
     assert '"ключ":"значение"' in ev.payload.body
     assert json.loads(ev.payload.for_webhook("w"))["type"] == "ÜBER"
