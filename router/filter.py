@@ -16,6 +16,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any
 
 import pykka
@@ -267,5 +268,10 @@ class FilterActor(pykka.ThreadingActor):
                     "matching event %s failed; journaled with no targets", item.event.id
                 )
                 targets = ()
-            routed.append(replace(item, targets=targets))
+            # The decoded data has served its purpose: from here on only the payload's
+            # text travels, so a small frame that decodes large does not stay large.
+            routed.append(replace(item, event=replace(item.event, data=_NO_DATA), targets=targets))
         self._sink(Append(tuple(routed)))
+
+
+_NO_DATA: Any = MappingProxyType({})

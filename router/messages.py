@@ -42,6 +42,7 @@ class Event:
     project: str | None
     data: dict[str, Any]
     payload: Payload
+    cost: int = 0  # bytes it holds in memory while decoded (an estimate on the high side)
 
 
 @dataclass(frozen=True, slots=True)

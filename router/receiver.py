@@ -36,7 +36,19 @@ POLL_MS = 250
 SLICE_MS = 50  # how soon a waiting stop() is noticed
 BATCH = 1000  # most messages read from one socket in one poll
 LINGER_MS = 1000  # on stop, queued acks get this long to leave
-HWM = 10_000
+HWM = 10_000  # acks queued for one client
+MAX_OUTSTANDING_BYTES = 128 * MiB  # decoded events handed on but not yet journaled
+PEER_QUEUE_BYTES = 64 * MiB  # frames ZeroMQ may queue for us from one producer
+
+
+def frame_limit(max_event_bytes: int) -> int:
+    """The largest frame ZeroMQ takes: bigger ones drop the connection without an answer."""
+    return 2 * max_event_bytes + 1024
+
+
+def receive_hwm(max_event_bytes: int) -> int:
+    """Frames ZeroMQ queues per producer, so that one producer's queue stays within bytes."""
+    return max(16, min(1000, PEER_QUEUE_BYTES // frame_limit(max_event_bytes)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +66,15 @@ class AckChannel:
 
     The journal calls ``committed``/``failed``; those queue reply frames and wake the
     receiver through a pipe it polls. ``outstanding`` counts events handed to the sink
-    and not yet answered, which is what back-pressure looks at.
+    and not yet answered, ``outstanding_bytes`` what they cost in memory (``Event.cost``):
+    back-pressure looks at both.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._replies: deque[list[bytes]] = deque()
         self._outstanding = 0
+        self._outstanding_bytes = 0
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
@@ -69,6 +83,10 @@ class AckChannel:
     def outstanding(self) -> int:
         return self._outstanding
 
+    @property
+    def outstanding_bytes(self) -> int:
+        return self._outstanding_bytes
+
     def fileno(self) -> int:
         """The pipe end the receiver polls."""
         return self._read_fd
@@ -76,27 +94,30 @@ class AckChannel:
     def committed(self, results: Iterable[Committed]) -> None:
         """Ack these events: ``ok`` (``duplicate`` when ``seq`` is None)."""
         frames = []
-        count = 0
+        count = cost = 0
         for result in results:
-            count += 1
             item = result.item
+            count += 1
+            cost += item.event.cost
             if item.reply is not None:
                 ack: dict[str, Any] = {"ok": True, "id": item.event.id}
                 if result.seq is None:
                     ack["duplicate"] = True
                 frames.append([*item.reply, msgpack.packb(ack)])
-        self._answer(frames, count)
+        self._answer(frames, count, cost)
 
     def failed(self, items: Iterable[Accepted], reason: str) -> None:
         """Refuse these events (not journaled): ``{"ok": false, "error": reason}``."""
         body = msgpack.packb({"ok": False, "error": reason})
         items = tuple(items)
-        self._answer([[*i.reply, body] for i in items if i.reply is not None], len(items))
+        frames = [[*i.reply, body] for i in items if i.reply is not None]
+        self._answer(frames, len(items), sum(i.event.cost for i in items))
 
-    def add_outstanding(self, count: int) -> None:
-        """Called by the receiver before it hands ``count`` events to the sink."""
+    def add_outstanding(self, count: int, cost: int = 0) -> None:
+        """Called by the receiver before it hands ``count`` events costing ``cost`` to the sink."""
         with self._lock:
             self._outstanding += count
+            self._outstanding_bytes += cost
 
     def take(self) -> list[list[bytes]]:
         """Empty the wake-up pipe and return every reply waiting to be sent."""
@@ -114,10 +135,11 @@ class AckChannel:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def _answer(self, frames: list[list[bytes]], count: int) -> None:
+    def _answer(self, frames: list[list[bytes]], count: int, cost: int) -> None:
         with self._lock:
             self._replies.extend(frames)
             self._outstanding = max(0, self._outstanding - count)
+            self._outstanding_bytes = max(0, self._outstanding_bytes - cost)
         # A full pipe already means "wake up"; a closed one means nobody listens.
         with contextlib.suppress(OSError):
             os.write(self._write_fd, b"\0")
@@ -154,9 +176,11 @@ class _LogLimit:
 class Receiver(pykka.ThreadingActor):
     """Owns the ingest sockets and the ZeroMQ context; see the module docstring.
 
-    ``MAXMSGSIZE`` is ``max(16 MiB, 4 * max_event_bytes)``: a frame between
-    ``max_event_bytes`` and that limit is answered ``too_large``; a bigger one makes
-    ZeroMQ disconnect the peer without an answer (a memory guard).
+    Memory is bounded by bytes at every step: ``MAXMSGSIZE`` is ``frame_limit()`` (a
+    frame up to that is answered ``too_large``, a bigger one makes ZeroMQ drop the peer
+    without an answer), ZeroMQ queues at most ``receive_hwm()`` frames per producer, and
+    events handed on but not yet journaled may cost at most ``max_outstanding_bytes``
+    decoded (one event may overshoot it, so that any single valid event gets through).
     """
 
     def __init__(
@@ -166,6 +190,7 @@ class Receiver(pykka.ThreadingActor):
         channel: AckChannel,
         clock: Clock,
         max_outstanding: int = 20_000,
+        max_outstanding_bytes: int = MAX_OUTSTANDING_BYTES,
     ) -> None:
         super().__init__()
         if not ingest.bind and not ingest.ack_bind:
@@ -177,6 +202,7 @@ class Receiver(pykka.ThreadingActor):
         self._channel = channel
         self._clock = clock
         self._max_outstanding = max_outstanding
+        self._max_outstanding_bytes = max_outstanding_bytes
         self._limit = _LogLimit(clock)
         self._ctx: zmq.Context | None = None
         self._auth: ThreadAuthenticator | None = None
@@ -261,7 +287,7 @@ class Receiver(pykka.ThreadingActor):
             self._auth = ThreadAuthenticator(self._ctx, log=logger)
             self._auth.start()
             self._auth.configure_curve(domain="*", location=ingest.curve.authorized_keys_dir)
-        max_size = max(16 * MiB, 4 * ingest.max_event_bytes)
+        max_size = frame_limit(ingest.max_event_bytes)
         self._all, self._acks_only = zmq.Poller(), zmq.Poller()
         for address, kind in ((ingest.bind, zmq.PULL), (ingest.ack_bind, zmq.ROUTER)):
             if not address:
@@ -275,7 +301,7 @@ class Receiver(pykka.ThreadingActor):
                 sock.setsockopt(zmq.SNDHWM, HWM)
             sock.setsockopt(zmq.LINGER, LINGER_MS)
             sock.setsockopt(zmq.IPV6, 1)  # tcp://[::1]:… works; IPv4 addresses still do
-            sock.setsockopt(zmq.RCVHWM, HWM)
+            sock.setsockopt(zmq.RCVHWM, receive_hwm(ingest.max_event_bytes))
             sock.setsockopt(zmq.MAXMSGSIZE, max_size)
             if keys is not None:
                 sock.curve_server = True
@@ -309,19 +335,21 @@ class Receiver(pykka.ThreadingActor):
         if self._all is None or self._acks_only is None:
             return
         room = self._max_outstanding - self._channel.outstanding
+        room_bytes = self._max_outstanding_bytes - self._channel.outstanding_bytes
         # Under back-pressure the sockets are not even polled: their high-water marks
         # push back on producers, and level-triggered readiness would spin the loop.
-        poller = self._all if room > 0 else self._acks_only
-        ready = self._wait(poller)
+        open_ = room > 0 and room_bytes > 0
+        ready = self._wait(self._all if open_ else self._acks_only)
         items: list[Accepted] = []
-        if room > 0:
+        if open_:
             order = [self._pull, self._router]
             if not self._pull_first:
                 order.reverse()
             self._pull_first = not self._pull_first
+            budget = [min(BATCH, room), room_bytes]
             for sock in order:
-                if sock is not None and sock in ready:
-                    self._drain(sock, items, min(BATCH, room - len(items)))
+                if sock is not None and sock in ready and budget[0] > 0 and budget[1] > 0:
+                    self._drain(sock, items, budget)
         if items:
             self._hand_over(items)
         self._send_acks()
@@ -335,11 +363,15 @@ class Receiver(pykka.ThreadingActor):
             if ready or not self.actor_inbox.empty() or time.monotonic() >= deadline:
                 return ready
 
-    def _drain(self, sock: zmq.Socket, items: list[Accepted], budget: int) -> None:
-        """Read without blocking until ``budget`` valid events or the socket is empty."""
+    def _drain(self, sock: zmq.Socket, items: list[Accepted], budget: list[int]) -> None:
+        """Read without blocking until the socket is empty or ``budget`` is used up.
+
+        ``budget`` is [events, bytes] left for this poll, shared by both sockets; the
+        event that crosses the byte budget is kept (it is decoded already), then reading
+        stops until commits give room back.
+        """
         reads = 0
-        valid = 0
-        while valid < budget and reads < BATCH * 2:
+        while budget[0] > 0 and budget[1] > 0 and reads < BATCH * 2:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -352,7 +384,8 @@ class Receiver(pykka.ThreadingActor):
                 continue
             if item is not None:
                 items.append(item)
-                valid += 1
+                budget[0] -= 1
+                budget[1] -= item.event.cost
 
     def _accept(self, sock: zmq.Socket, frames: list[bytes]) -> Accepted | None:
         reply: tuple[bytes, ...] | None = None
@@ -384,7 +417,8 @@ class Receiver(pykka.ThreadingActor):
     def _hand_over(self, items: list[Accepted]) -> None:
         batch = tuple(items)
         metrics.EVENTS_RECEIVED.inc(len(batch))
-        self._channel.add_outstanding(len(batch))  # before: the sink may commit at once
+        # Before the sink: it may commit at once.
+        self._channel.add_outstanding(len(batch), sum(i.event.cost for i in batch))
         try:
             self._sink(batch)
         except Exception:

@@ -103,13 +103,15 @@ def start():
     """Start receivers; stop them (then their journals and channels) after the test."""
     started: list[Running] = []
 
-    def _start(max_outstanding: int = 20_000, wrap=None, **ingest_fields) -> Running:
+    def _start(
+        max_outstanding: int = 20_000, wrap=None, max_bytes: int = 2**40, **ingest_fields
+    ) -> Running:
         fields = {"bind": tcp(), "ack_bind": tcp(), **ingest_fields}
         ingest = IngestConfig(**fields)
         channel = AckChannel()
         journal = Journal(channel)
         sink = journal.sink if wrap is None else wrap(journal.sink)
-        ref = Receiver.start(ingest, sink, channel, Clock(), max_outstanding)
+        ref = Receiver.start(ingest, sink, channel, Clock(), max_outstanding, max_bytes)
         started.append(Running(ref, ingest, journal))
         assert ref.ask(Bind(), timeout=5) is None
         return started[-1]
@@ -330,6 +332,25 @@ def test_the_sink_gets_no_more_than_max_outstanding_until_commits_come(start, zc
     wait_for(lambda: len(r.journal.events) == 20, "all twenty events")
     assert [a.event.id for a in r.journal.events] == [f"e{n:02d}" for n in range(20)]
     assert max(r.journal.outstanding_seen) <= 5
+    push.close(linger=0)
+
+
+def test_the_sink_gets_no_more_than_the_byte_budget_of_decoded_events(start, zctx):
+    # Each event is small on the wire but holds 20,000 lists once decoded (>1 MB):
+    # a budget of 2 MB lets two through (the second one crosses it), then reading stops.
+    r = start(max_bytes=2_000_000)
+    r.journal.gate.clear()
+    push = zctx.socket(zmq.PUSH)
+    push.connect(r.ingest.bind)
+    for n in range(6):
+        push.send(msgpack.packb({"type": "T", "id": f"w{n}", "data": {"l": [[]] * 20_000}}))
+    wait_for(lambda: len(r.journal.events) == 2, "the first two events")
+    time.sleep(0.6)  # two poll rounds in which nothing more may be read
+    assert len(r.journal.events) == 2
+    assert r.channel.outstanding_bytes > 2_000_000
+    r.journal.gate.set()
+    wait_for(lambda: len(r.journal.events) == 6, "all six events")
+    wait_for(lambda: r.channel.outstanding_bytes == 0, "the budget to be given back")
     push.close(linger=0)
 
 
