@@ -124,9 +124,10 @@ def serve(host: str, port: int, secrets: list[bytes], status: int) -> int:
         raise RouterError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     server.daemon_threads = True
     host, port = server.server_address[:2]
-    print(f"listening on http://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # stop on SIGTERM as on Ctrl-C
+    # Only now: whoever waits for this line may send SIGTERM at once.
+    print(f"listening on http://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
