@@ -135,10 +135,10 @@ def _webhook(f: File, path: str, w: Map, defaults: Map) -> WebhookConfig:
     if len(secret_keys) > 1:
         found = ", ".join(secret_keys)
         f.error(secret_from.keys_at[secret_keys[1]], join(path, secret_keys[1]),
-                f"set only one of secret, secret_env, secret_file (found {found})")  # fmt: skip
+                f"set only one of {', '.join(SECRET_KEYS)} (found {found})")  # fmt: skip
     if (signature := merged.get("signature", "standard")) != "none" and not secret_keys:
         f.error(w.node, join(path, "secret"), f"is required for signature {signature!r}: "
-                "set secret, secret_env or secret_file")  # fmt: skip
+                f"set {', '.join(SECRET_KEYS[:-1])} or {SECRET_KEYS[-1]}")  # fmt: skip
     top_rule = [k for k in RULE if k in w.keys_at]
     if "match" in w.keys_at and top_rule:
         f.error(w.keys_at["match"], join(path, "match"),
@@ -254,7 +254,9 @@ def load(path: str, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError([text for _, _, text in sorted(errors, key=lambda e: e[:2])])
     state_dir = top.get("state_dir", main.resolve(DEFAULT_STATE_DIR))
     extra = {k: top[k] for k in ("retention", "shutdown_timeout", "delivery_workers") if k in top}
-    if "bind" in top.get("metrics", {}):
+    if "metrics" in top and top["metrics"] is None:
+        extra["metrics_bind"] = None  # `metrics: null`: the whole section off
+    elif "bind" in top.get("metrics", {}):
         extra["metrics_bind"] = top["metrics"]["bind"]
     return Config(
         path=absolute,

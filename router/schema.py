@@ -19,6 +19,8 @@ from router.validators import (
     any_scalar,
     boolean,
     choice,
+    credential_name,
+    credential_secrets,
     did_you_mean,
     env_secrets,
     field_path,
@@ -231,20 +233,37 @@ def _secret(node: yaml.Node, f: File, path: str) -> tuple[bytes, ...]:
     return (_scalar(one_secret, "a secret string, or a list of them")(node, f, path),)
 
 
-def _secret_env(node: yaml.Node, f: File, path: str) -> tuple[bytes, ...]:
-    var = _scalar(not_a_secret, "an environment variable name")(node, f, path)
-    try:
-        return env_secrets(var, f.env)
-    except ValueError as e:
-        raise _Invalid(str(e)) from None
+def _secrets_from(name: Callable[[Any], str], what: str, read: Callable[[str, File], Any]) -> Check:
+    """A secret source the file names (a variable, a path, a credential), read by ``read``."""
+
+    def check(node: yaml.Node, f: File, path: str) -> tuple[bytes, ...]:
+        named = _scalar(name, what)(node, f, path)
+        try:
+            return read(named, f)
+        except ValueError as e:
+            raise _Invalid(str(e)) from None
+
+    return check
 
 
-def _secret_file(node: yaml.Node, f: File, path: str) -> tuple[bytes, ...]:
-    name = f.resolve(_scalar(not_a_secret, "a path")(node, f, path))
-    try:
-        return file_secrets(name)
-    except ValueError as e:
-        raise _Invalid(str(e)) from None
+_secret_env = _secrets_from(
+    not_a_secret, "an environment variable name", lambda var, f: env_secrets(var, f.env)
+)
+_secret_file = _secrets_from(not_a_secret, "a path", lambda p, f: file_secrets(f.resolve(p)))
+_secret_credential = _secrets_from(
+    credential_name, "a credential name", lambda name, f: credential_secrets(name, f.env)
+)
+
+
+def _control_address(node: yaml.Node, f: File, path: str) -> str:
+    """The control socket can disable webhooks and replay events: only its owner may reach it."""
+    addr = _address(node, f, path)
+    if addr.startswith("ipc://@"):
+        raise _Invalid(
+            "an abstract socket (ipc://@…) has no file permissions, so every local user could "
+            "disable webhooks and replay events; use an ipc:// path (made owner-only, mode 0600)"
+        )
+    return addr
 
 
 def _headers(node: yaml.Node, f: File, path: str) -> tuple[tuple[str, str], ...]:
@@ -358,13 +377,14 @@ TUNABLES = {  # the per-webhook keys `defaults:` may set
     "allow_private_networks": Key(_BOOL),
     "health": Key(section(HEALTH)),
 }
-SECRET_KEYS = ("secret", "secret_env", "secret_file")
+SECRET_KEYS = ("secret", "secret_env", "secret_file", "secret_credential")
 WEBHOOK = {
     "name": Key(_scalar(webhook_name, "a name"), required=True),
     "url": Key(_scalar(url, "a URL"), required=True),
     "secret": Key(_secret),
     "secret_env": Key(_secret_env),
     "secret_file": Key(_secret_file),
+    "secret_credential": Key(_secret_credential),
     **RULE,
     "match": Key(_list(_rule, nonempty=True)),
     **TUNABLES,
@@ -405,8 +425,9 @@ TOP = {
     "retention": Key(_scalar(positive(parse_duration), "a duration")),
     "shutdown_timeout": Key(_scalar(parse_duration, "a duration")),
     "ingest": Key(section(INGEST)),
-    "control": Key(section({"bind": Key(_address)})),
-    "metrics": Key(section({"bind": Key(_optional(_scalar(host_port, "HOST:PORT")))})),
+    "control": Key(section({"bind": Key(_control_address)})),
+    # `metrics: null` turns the server off, as `metrics: {bind: null}` does
+    "metrics": Key(_optional(section({"bind": Key(_optional(_scalar(host_port, "HOST:PORT")))}))),
     "defaults": Key(section(DEFAULTS)),
     "include": Key(_existing(os.path.isdir, "directory")),
     "webhooks": Key(webhook_list),

@@ -11,6 +11,7 @@ import base64
 import binascii
 import difflib
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -254,6 +255,37 @@ def env_secrets(var: str, env: Mapping[str, str]) -> tuple[bytes, ...]:
     if var not in env:
         raise ValueError(f"environment variable {var} is not set")
     return _split_secrets(env[var], f"environment variable {var}")
+
+
+def credential_name(v: Any) -> str:
+    """A systemd credential's name (``LoadCredential=NAME:…``): one file name, no directory."""
+    name = not_a_secret(v)
+    if "/" in name or name in (".", "..") or len(name) > 255:
+        raise ValueError(
+            f"invalid credential name {name!r}: write the NAME of LoadCredential=NAME:…"
+        )
+    return name
+
+
+def credential_secrets(name: str, env: Mapping[str, str]) -> tuple[bytes, ...]:
+    """The secrets in systemd credential ``name``: ``$CREDENTIALS_DIRECTORY/name``.
+
+    systemd sets the variable for a unit with ``LoadCredential=``; any other service manager (or a
+    test) may set it to a directory of its own the same way.
+    """
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise ValueError(
+            f"credential {name}: CREDENTIALS_DIRECTORY is not set; under systemd add "
+            f"LoadCredential={name}:/PATH to the unit, elsewhere set it to the credentials "
+            "directory"
+        )
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"credential {name}: no file {path}; is LoadCredential={name}:/PATH in the unit?"
+        )
+    return file_secrets(path)
 
 
 def file_secrets(name: str) -> tuple[bytes, ...]:

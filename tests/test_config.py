@@ -272,6 +272,22 @@ def test_metrics_bind_is_host_and_port_or_null_for_off():
     ]
 
 
+def test_metrics_null_turns_the_whole_http_server_off():
+    assert load_text("metrics: null\n").metrics_bind is None
+    assert load_text("metrics:\n").metrics_bind is None  # an empty value is null in YAML
+    assert load_text("metrics: {}\n").metrics_bind == ("127.0.0.1", 9464)
+    assert load_text("state_dir: v\n").metrics_bind == ("127.0.0.1", 9464)
+
+
+def test_an_abstract_control_socket_is_refused_since_every_local_user_could_reach_it():
+    assert errors_of("control:\n  bind: ipc://@webhook-router\n") == [
+        "router.yaml:2: control.bind: an abstract socket (ipc://@…) has no file permissions, so "
+        "every local user could disable webhooks and replay events; use an ipc:// path (made "
+        "owner-only, mode 0600)"
+    ]
+    assert load_text("ingest: {bind: 'ipc://@in'}").ingest.bind == "ipc://@in"  # producers: open
+
+
 # --------------------------------------------------------------------------- relative paths
 
 
@@ -401,6 +417,36 @@ def test_secret_file_may_hold_several_secrets():
     assert config.webhooks[0].secrets == (KEY, b"old-secret")
 
 
+def test_secret_credential_reads_the_systemd_credentials_directory(in_tmp):
+    write("creds/crm", f"{WHSEC} old-secret\n")
+    text = "webhooks: [{name: a, url: 'https://a.example/', secret_credential: crm}]"
+    config = load_text(text, env={"CREDENTIALS_DIRECTORY": str(in_tmp / "creds")})
+    assert config.webhooks[0].secrets == (KEY, b"old-secret")
+
+
+def test_a_missing_credentials_directory_or_credential_is_explained(in_tmp):
+    (in_tmp / "creds").mkdir()
+    text = f"""
+        webhooks:
+          - {{name: a, url: "https://a.example/", secret_credential: crm}}
+          - {{name: b, url: "https://b.example/", secret_credential: ../crm}}
+          - {{name: c, url: "https://c.example/", secret_credential: "{WHSEC}"}}
+    """  # fmt: skip
+    assert errors_of(text) == [
+        "router.yaml:2: webhooks[0].secret_credential: credential crm: CREDENTIALS_DIRECTORY is "
+        "not set; under systemd add LoadCredential=crm:/PATH to the unit, elsewhere set it to the "
+        "credentials directory",
+        "router.yaml:3: webhooks[1].secret_credential: invalid credential name '../crm': write "
+        "the NAME of LoadCredential=NAME:…",
+        "router.yaml:4: webhooks[2].secret_credential: this looks like a secret, not a name "
+        "(it is not shown); use secret:",
+    ]
+    assert errors_of(text, env={"CREDENTIALS_DIRECTORY": str(in_tmp / "creds")})[0] == (
+        f"router.yaml:2: webhooks[0].secret_credential: credential crm: no file "
+        f"{in_tmp}/creds/crm; is LoadCredential=crm:/PATH in the unit?"
+    )
+
+
 def test_secret_errors_name_the_problem_but_never_the_secret(in_tmp):
     bad_whsec = "whsec_not*base64*" + PLAIN_SECRET
     write("binary.secret", "")
@@ -428,8 +474,8 @@ def test_secret_errors_name_the_problem_but_never_the_secret(in_tmp):
         f"router.yaml:6: webhooks[4].secret_file: {in_tmp}/binary.secret is not UTF-8 text",
         "router.yaml:7: webhooks[5].secret[1]: expected a secret string "
         "(whsec_<base64> or plain text)",
-        "router.yaml:8: webhooks[6].secret_env: set only one of secret, secret_env, secret_file "
-        "(found secret, secret_env)",
+        "router.yaml:8: webhooks[6].secret_env: set only one of secret, secret_env, secret_file, "
+        "secret_credential (found secret, secret_env)",
         "router.yaml:9: webhooks[7].secret_env: this looks like a secret, not a name "
         "(it is not shown); use secret:",
         "router.yaml:10: webhooks[8].secret_file: this looks like a secret, not a name "
@@ -446,11 +492,11 @@ def test_a_signed_webhook_needs_a_secret_and_an_unsigned_one_does_not():
     text = "webhooks:\n  - name: a\n    url: https://a.example/\n"
     assert errors_of(text) == [
         "router.yaml:2: webhooks[0].secret: is required for signature 'standard': "
-        "set secret, secret_env or secret_file"
+        "set secret, secret_env, secret_file or secret_credential"
     ]
     assert errors_of(text + "    signature: hmac-sha256-hex\n") == [
         "router.yaml:2: webhooks[0].secret: is required for signature 'hmac-sha256-hex': "
-        "set secret, secret_env or secret_file"
+        "set secret, secret_env, secret_file or secret_credential"
     ]
     assert load_text(text + "    signature: none\n").webhooks[0].secrets == ()
 

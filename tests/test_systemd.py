@@ -37,16 +37,37 @@ def test_unit_is_hardened():
         assert service[key] == value, key
 
 
-def test_unit_passes_systemd_analyze_verify(tmp_path):
+def _verify(tmp_path: Path, text: str) -> None:
+    """``systemd-analyze verify`` finds nothing wrong with the unit ``text``."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        # Without systemd on the machine, the parser checks above are what we have.
+        # Without systemd on the machine, the parser checks are what we have.
         assert _unit().has_section("Install")
         return
     # verify insists the executables exist: point them at this interpreter.
-    text = UNIT.read_text().replace("/usr/local/bin/webhook-router", sys.executable)
+    text = text.replace("/usr/local/bin/webhook-router", sys.executable)
     unit = tmp_path / "webhook-router.service"
     unit.write_text(text)
     proc = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
     problems = [line for line in proc.stderr.splitlines() if "webhook-router.service" in line]
     assert proc.returncode == 0 and not problems, proc.stderr
+
+
+def test_unit_passes_systemd_analyze_verify(tmp_path):
+    _verify(tmp_path, UNIT.read_text())
+
+
+def test_the_units_credential_example_is_valid_once_uncommented(tmp_path):
+    # The README tells operators to uncomment this line (one per secret_credential).
+    example = "#LoadCredential=crm:/etc/webhook-router/credentials/crm\n"
+    text = UNIT.read_text()
+    assert example in text
+    _verify(tmp_path, text.replace(example, example[1:]))
+
+
+def test_unit_says_secret_env_rotates_only_on_restart_and_refreshes_no_credential_by_default():
+    text = UNIT.read_text()
+    assert "rotating it takes `systemctl restart`" in text
+    # RefreshOnReload= exists from systemd v260 on; older versions warn about the key.
+    assert "#RefreshOnReload=credentials" in text
+    assert "RefreshOnReload" not in _unit()["Service"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.validators import parse_duration, parse_size
+from router.validators import credential_name, credential_secrets, parse_duration, parse_size
 
 # --------------------------------------------------------------------------- durations and sizes
 
@@ -35,3 +35,27 @@ def test_sizes_accept_binary_and_decimal_units_or_bytes(value, size):
 def test_bad_sizes_raise_value_error_with_the_forms_to_use(value):
     with pytest.raises(ValueError, match=r"invalid size .*KiB, MiB or GiB"):
         parse_size(value)
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+@pytest.mark.parametrize("value", ["crm", "crm.secret", "webhook-router_crm"])
+def test_a_credential_name_is_one_file_name(value):
+    assert credential_name(value) == value
+
+
+@pytest.mark.parametrize("value", ["a/b", "..", ".", "", "x" * 256, 7])
+def test_a_credential_name_with_a_directory_or_none_at_all_is_refused(value):
+    with pytest.raises(ValueError):
+        credential_name(value)
+
+
+def test_a_credential_is_read_from_the_directory_the_environment_names(tmp_path):
+    (tmp_path / "crm").write_text("new-secret old-secret\n")
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    assert credential_secrets("crm", env) == (b"new-secret", b"old-secret")
+    with pytest.raises(ValueError, match=r"no file .*/other; is LoadCredential=other:/PATH"):
+        credential_secrets("other", env)
+    with pytest.raises(ValueError, match=r"CREDENTIALS_DIRECTORY is not set"):
+        credential_secrets("crm", {})

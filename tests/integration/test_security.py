@@ -1,10 +1,13 @@
-"""CURVE on the ingest socket, and the private-network guard, on the running daemon."""
+"""CURVE, the private-network guard, and secrets and access (issue 6, point 9), on the daemon."""
 
+import os
 import socket
 
 import msgpack
 import zmq
 import zmq.auth
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from tests.integration.conftest import wait_until
 
@@ -92,3 +95,102 @@ def test_a_host_that_resolves_to_loopback_is_blocked_at_connect_time(hooks, daem
     )
     assert w["last_error"].startswith("blocked address 127.0.0.1")
     assert hooks.requests == []
+
+
+# --------------------------------------------------------------------------- secrets and access
+
+
+def test_check_and_the_daemon_refuse_an_abstract_control_socket(hooks, daemon_factory):
+    name = f"wr-ctl-{os.getpid()}"  # the abstract namespace is shared by the whole machine
+    d = daemon_factory([{"name": "a", "url": hooks.url("/a")}], control={"bind": f"ipc://@{name}"})
+    proc = d.cli("check")
+    assert proc.returncode == 1
+    assert "control.bind: an abstract socket (ipc://@…) has no file permissions" in proc.stderr
+    d.start(wait_ready=False)
+    assert d.proc.wait(20) == 1
+    assert "control.bind: an abstract socket" in d.log()
+    # nobody may reach it: the daemon never bound it
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        assert probe.connect_ex(f"\0{name}") != 0
+    finally:
+        probe.close()
+
+
+def _listening_tcp_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` listens on: its socket fds matched against /proc/net/tcp*."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as fh:
+            for line in fh.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_metrics_null_starts_no_http_server(hooks, daemon_factory, tmp_path):
+    port = _free_port()
+    on = daemon_factory(
+        [{"name": "a", "url": hooks.url("/a")}], metrics={"bind": f"127.0.0.1:{port}"}
+    )
+    on.start()
+    assert _listening_tcp_ports(on.proc.pid) == {port}  # the check sees a metrics server
+    assert on.stop() == 0
+    off = daemon_factory([{"name": "a", "url": hooks.url("/a")}], notify_name="notify2.sock")
+    off.settings["metrics"] = None  # `metrics: null`, as a user writes it
+    off.write()
+    assert "metrics: null" in off.config_path.read_text()
+    off.start()
+    off.send({"type": "T", "id": "served"})
+    wait_until(lambda: hooks.ids("/a") == ["served"], what="the delivery")
+    assert _listening_tcp_ports(off.proc.pid) == set()
+    assert "metrics and status on" in on.log() and "metrics and status on" not in off.log()
+
+
+def test_sighup_rotates_a_secret_read_from_the_credentials_directory(
+    hooks, daemon_factory, tmp_path, monkeypatch
+):
+    old, new = (
+        "whsec_Y3JlZC1vbGQtc2VjcmV0LWtleS0xMjM0NTY3OA==",
+        "whsec_Y3JlZC1uZXctc2VjcmV0LWtleS04NzY1NDMyMQ==",
+    )
+    creds = tmp_path / "credentials"  # what systemd makes of LoadCredential=crm:/etc/…/crm
+    creds.mkdir(mode=0o700)
+    (creds / "crm").write_text(old)
+    d = daemon_factory([{"name": "s", "url": hooks.url("/s"), "secret_credential": "crm"}])
+    del d.settings["defaults"]["secret"]
+    d.write()
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    proc = d.cli("check")
+    assert proc.returncode == 1 and "CREDENTIALS_DIRECTORY is not set" in proc.stderr
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))  # the daemon and the CLI inherit it
+    d.start()
+    d.send({"type": "T", "id": "signed-old"})
+    (first,) = wait_until(lambda: hooks.at("/s"), what="the first delivery")
+    Webhook(old).verify(first.body, first.headers)
+
+    (creds / "crm").write_text(new + "\n")  # rotated: the old key is gone
+    d.reload()
+    d.send({"type": "T", "id": "signed-new"})
+    second = wait_until(lambda: len(hooks.at("/s")) == 2 and hooks.at("/s")[1], what="the second")
+    assert second.json["id"] == "signed-new"
+    Webhook(new).verify(second.body, second.headers)
+    try:
+        Webhook(old).verify(second.body, second.headers)
+    except WebhookVerificationError:
+        pass
+    else:
+        raise AssertionError("the old key still signs after the rotation")
+    status = d.cli("status", "--json").stdout
+    for key in (old, new):
+        assert key[6:] not in d.log() and key[6:] not in status
+    assert "whsec_" not in d.log() + status
