@@ -165,9 +165,15 @@ def test_check_an_invalid_file_prints_every_error_located_and_exits_1(capsys, tm
     code, out, err = run(capsys, "check", "-c", str(path))
     assert (code, out) == (1, "")
     lines = err.splitlines()
-    assert len(lines) >= 2
     for line in lines:
         assert re.match(rf"{re.escape(str(path))}:\d+: \S+: .+", line), line
+    located = {tuple(line.removeprefix(f"{path}:").split(": ")[:2]) for line in lines}
+    # Both mistakes, each where it is: the misspelt key (and the url it leaves out), the value.
+    assert {
+        ("4", "webhooks[0].ur1"),
+        ("3", "webhooks[0].url"),
+        ("10", "webhooks[1].signature"),
+    } <= located
 
 
 def test_check_explain_shows_which_webhooks_take_the_event(capsys, tmp_path):
