@@ -229,14 +229,14 @@ def test_client_times_out_quickly_when_nothing_answers(tmp_path):
         started = time.monotonic()
         with pytest.raises(NotReachable, match=r"no answer from the router at .* within 0.3s"):
             request(addr, "status", timeout=0.3)
-        assert time.monotonic() - started < 2
+        assert 0.25 <= time.monotonic() - started < 10  # its own 0.3 s, not the default 10 s
 
 
 def test_client_fails_at_once_when_there_is_no_socket_file(tmp_path):
     started = time.monotonic()
     with pytest.raises(NotReachable, match="is it running"):
-        request(f"ipc://{tmp_path}/missing.sock", "status", timeout=5)
-    assert time.monotonic() - started < 1
+        request(f"ipc://{tmp_path}/missing.sock", "status", timeout=60)
+    assert time.monotonic() - started < 30  # not the timeout: at once
 
 
 def test_server_on_tcp_reports_its_real_port(app):
@@ -274,5 +274,5 @@ def test_client_fails_at_once_on_a_stale_socket_file(tmp_path):
     stale.close()
     started = time.monotonic()
     with pytest.raises(NotReachable, match="is it running"):
-        request(f"ipc://{tmp_path}/control.sock", "status", timeout=5)
-    assert time.monotonic() - started < 1
+        request(f"ipc://{tmp_path}/control.sock", "status", timeout=60)
+    assert time.monotonic() - started < 30  # not the timeout: at once
