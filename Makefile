@@ -37,3 +37,8 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) var *.egg-info .pytest_cache
+
+# Ten minutes of mixed traffic with kill -9 every few seconds; SOAK_SECONDS=60 for a short one.
+.PHONY: soak
+soak: $(VENV)/.installed
+	nice $(PY) bench/soak.py
