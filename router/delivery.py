@@ -3,8 +3,11 @@
 The pool never decides about retries; it hands an ``AttemptResult`` to the
 supervisor's callback. All workers share one urllib3 ``PoolManager`` (keep-alive)
 and a second one whose connections refuse private addresses at connect time
-(SPEC §5; the check is ``router.guard``, the headers ``router.signing``). A watchdog
-thread cuts the socket of an attempt that outlives its deadline, so an endpoint
+(SPEC §5; the check is ``router.guard``, the headers ``router.signing``).
+
+Each attempt has one hard deadline for resolving, connecting, sending and reading:
+the connections resolve and connect with the time left (``router.guard``), and a
+watchdog thread cuts the socket of an attempt that outlives it, so an endpoint
 dripping bytes cannot hold a worker for long.
 """
 
@@ -14,6 +17,7 @@ import contextlib
 import email.utils
 import logging
 import queue
+import re
 import socket
 import ssl
 import threading
@@ -27,7 +31,7 @@ from urllib3 import exceptions as u3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from router.clock import Clock
-from router.guard import BlockedAddressError, Guarded
+from router.guard import RESOLVER_THREADS, Bounded, ConnectError, Lookup, Resolver
 from router.messages import Attempt, AttemptResult
 from router.signing import build_headers
 
@@ -47,16 +51,27 @@ Reply = Callable[[AttemptResult], None]
 _current = threading.local()  # the running attempt's watchdog slot, per worker thread
 
 
-class _Watched:
-    """Tell the watchdog which connection the current attempt uses (new or reused)."""
+class _Watched(Bounded):
+    """Tell the watchdog which connection the current attempt uses, and what it is doing.
+
+    The stage names the error of an attempt the watchdog cuts. A connection made
+    just as the watchdog fired (its socket not yet visible to it) is cut here.
+    """
+
+    def deadline(self) -> float:
+        return _current.slot.deadline
 
     def connect(self) -> None:
-        _attach(self)
+        slot = _attach(self, "connect")
         super().connect()  # type: ignore[misc]
+        slot.stage = "send"
+        if slot.fired:
+            _cut(self)
 
     def request(self, *args, **kwargs) -> None:
-        _attach(self)
+        slot = _attach(self, "send")
         super().request(*args, **kwargs)  # type: ignore[misc]
+        slot.stage = "wait"
 
 
 class _HTTPConnection(_Watched, HTTPConnection):
@@ -67,17 +82,12 @@ class _HTTPSConnection(_Watched, HTTPSConnection):
     pass
 
 
-class _GuardedHTTPConnection(Guarded, _Watched, HTTPConnection):
-    pass
-
-
-class _GuardedHTTPSConnection(Guarded, _Watched, HTTPSConnection):
-    pass
-
-
-def _pool_manager(maxsize: int, http: type, https: type) -> PoolManager:
-    """A PoolManager whose pools build connections of the given classes."""
+def _pool_manager(maxsize: int, guarded: bool, resolver: Resolver) -> PoolManager:
+    """A PoolManager whose connections use ``resolver``; ``guarded`` ones refuse private hosts."""
     manager = PoolManager(num_pools=NUM_POOLS, maxsize=maxsize, block=False)
+    attrs = {"guarded": guarded, "resolver": resolver}
+    http = type("HTTPConnection", (_HTTPConnection,), attrs)
+    https = type("HTTPSConnection", (_HTTPSConnection,), attrs)
     manager.pool_classes_by_scheme = {
         "http": type("HTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
         "https": type("HTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": https}),
@@ -88,17 +98,23 @@ def _pool_manager(maxsize: int, http: type, https: type) -> PoolManager:
 # --------------------------------------------------------------------------- watchdog
 
 
+# What a cut attempt was doing when the watchdog fired, as its error says it.
+_CUT = {"connect": "connect timeout", "send": "timeout sending the request",
+        "wait": "response too slow"}  # fmt: skip
+
+
 @dataclass(slots=True)
 class _Slot:
     deadline: float
     conn: HTTPConnection | None = None
+    stage: str = "connect"  # a key of _CUT
     fired: bool = False
 
 
-def _attach(conn: HTTPConnection) -> None:
-    slot = getattr(_current, "slot", None)
-    if slot is not None:
-        slot.conn = conn
+def _attach(conn: HTTPConnection, stage: str) -> _Slot:
+    slot = _current.slot
+    slot.conn, slot.stage = conn, stage
+    return slot
 
 
 class _Watchdog:
@@ -145,11 +161,12 @@ class _Watchdog:
         """Whether the current attempt has been cut already."""
         return _current.slot.fired
 
-    def end(self) -> bool:
-        """Forget the current attempt; True if the watchdog had cut it."""
+    def end(self) -> str | None:
+        """Forget the current attempt; if the watchdog had cut it, the error that says so."""
         _current.slot = None
         with self._cond:
-            return self._slots.pop(threading.get_ident()).fired
+            slot = self._slots.pop(threading.get_ident())
+        return _CUT[slot.stage] if slot.fired else None
 
     def _run(self) -> None:
         with self._cond:
@@ -176,17 +193,25 @@ def _cut(conn: HTTPConnection | None) -> None:
 class DeliveryPool:
     """A bounded set of worker threads sending attempts; results go to each job's callback."""
 
-    def __init__(self, workers: int = 64, clock: Clock | None = None):
+    def __init__(
+        self,
+        workers: int = 64,
+        clock: Clock | None = None,
+        resolve: Lookup = socket.getaddrinfo,
+        resolver_threads: int = RESOLVER_THREADS,
+    ):
+        """``resolve`` stands in for ``socket.getaddrinfo`` (tests make names hang or fan out)."""
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self._clock = clock or Clock()
+        self._resolver = resolver = Resolver(resolve, resolver_threads, self._clock)
         self._queue: queue.SimpleQueue[tuple[Attempt, Reply] | None] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # orders _stopping against workers starting attempts
         self._busy: set[threading.Thread] = set()  # workers inside an attempt
         self._watchdog = _Watchdog(self._clock)
-        self._http = _pool_manager(workers, _HTTPConnection, _HTTPSConnection)
-        self._guarded = _pool_manager(workers, _GuardedHTTPConnection, _GuardedHTTPSConnection)
+        self._http = _pool_manager(workers, False, resolver)
+        self._guarded = _pool_manager(workers, True, resolver)
         self._threads = [
             threading.Thread(target=self._work, name=f"delivery-{n}", daemon=False)
             for n in range(1, workers + 1)
@@ -236,6 +261,7 @@ class DeliveryPool:
                 "delivery pool stopped with %d attempts still running; cutting them", running
             )
         self._watchdog.stop()
+        self._resolver.stop()
         self._http.clear()
         self._guarded.clear()
         log.info("delivery pool stopped (%d queued attempts left for the next start)", dropped)
@@ -261,9 +287,10 @@ class DeliveryPool:
         """Send one attempt and hand over its result; no exception may end the worker."""
         try:
             result = self._send(attempt)
-        except Exception:
+        except Exception as exc:
             log.exception("%s: event %s: attempt crashed", attempt.webhook.name, attempt.payload.id)
-            result = _result(attempt, self._clock.time(), 0.0, error="internal error")
+            error = f"internal error: the attempt crashed ({type(exc).__name__})"
+            result = _result(attempt, self._clock.time(), 0.0, error=error, router_fault=True)
         try:
             reply(result)
         except Exception:
@@ -271,10 +298,13 @@ class DeliveryPool:
 
     def _send(self, attempt: Attempt) -> AttemptResult:
         """One POST: sign, send, read at most 64 KiB, describe what happened."""
-        webhook, payload = attempt.webhook, attempt.payload
+        webhook = attempt.webhook
         started_at = self._clock.time()
-        body = payload.for_webhook(webhook.name)
-        headers = build_headers(webhook, payload, attempt.number, int(started_at), body)
+        try:
+            body, headers = _request(attempt, int(started_at))
+        except _Unbuildable as exc:
+            error = f"internal error: cannot build the request: {exc}"
+            return _result(attempt, started_at, 0.0, error=error, router_fault=True)
         manager = self._http if webhook.allow_private_networks else self._guarded
         timeout = Timeout(connect=webhook.timeout, read=webhook.timeout)
         start = self._clock.monotonic()
@@ -298,7 +328,10 @@ class DeliveryPool:
             response.release_conn()
         result = partial(_result, attempt, started_at, self._clock.monotonic() - start)
         if failure is not None:
-            return result(error="response too slow" if cut else _describe(failure))
+            if cut and not isinstance(failure, ConnectError):  # its own reason is exact
+                return result(error=cut)
+            error, ours = _describe(failure)
+            return result(error=error, router_fault=ours)
         status = response.status
         if 200 <= status < 300:
             return result(status=status, response=data[:RESPONSE_CAP], ok=True)
@@ -337,6 +370,42 @@ class _TooSlow(Exception):
     """The watchdog cut the attempt before a complete response came."""
 
 
+class _Unbuildable(Exception):
+    """The router cannot make this attempt's request; the text says which part, no values."""
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # never raw in a header (CR/LF split it)
+
+
+def _request(attempt: Attempt, timestamp: int) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of one attempt, each checked to be sendable.
+
+    ``http.client`` would refuse a header value it cannot encode in Latin-1 or one
+    holding CR/LF, deep in the send and with the value in its message; other
+    control characters it sends raw. Checking first names the part at fault.
+    """
+    webhook, payload = attempt.webhook, attempt.payload
+    try:
+        body = payload.for_webhook(webhook.name)
+    except UnicodeEncodeError:
+        raise _Unbuildable("the event body cannot be encoded as UTF-8") from None
+    try:
+        headers = build_headers(webhook, payload, attempt.number, timestamp, body)
+    except Exception as exc:  # its message might hold key material: name the type only
+        raise _Unbuildable(f"signing failed ({type(exc).__name__})") from None
+    for name, value in headers.items():
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            sendable = False
+        else:
+            sendable = not _CONTROL.search(value)
+        if not sendable:
+            what = "the event id" if name == "webhook-id" else f"the value of header {name}"
+            raise _Unbuildable(f"{what} cannot go in an HTTP header")
+    return body, headers
+
+
 def _result(
     attempt: Attempt,
     started_at: float,
@@ -347,6 +416,7 @@ def _result(
     error: str | None = None,
     retry_after: float | None = None,
     response: bytes = b"",
+    router_fault: bool = False,
 ) -> AttemptResult:
     """Build the result; a failure is logged at debug level, without secrets or headers.
 
@@ -362,20 +432,25 @@ def _result(
         webhook=attempt.webhook.name, seq=attempt.seq, number=attempt.number, ok=ok,
         status=status, error=error, retry_after=retry_after, latency=latency,
         response=response.decode("utf-8", errors="replace"), started_at=started_at,
+        router_fault=router_fault,
     )  # fmt: skip
 
 
-def _describe(exc: BaseException | None) -> str:
-    """A short reason without the URL (it may carry a token) or the headers."""
-    if isinstance(exc, BlockedAddressError):
-        return f"blocked address {exc.ip}"
-    if isinstance(exc, u3.NameResolutionError):
-        return f"connection error: cannot resolve {exc.conn.host}"
-    if isinstance(exc, u3.NewConnectionError):
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
-        return f"connection error: {_reason(cause or exc)}"
+def _describe(exc: BaseException) -> tuple[str, bool]:
+    """A short reason (no URL: it may carry a token; no headers), and whether it is ours.
+
+    A failure the network or the endpoint does not explain is the router's own.
+    """
+    if isinstance(exc, ConnectError):
+        return exc.reason, False
+    if isinstance(exc, u3.LocationValueError):  # a ValueError too; the config's to fix
+        return "invalid URL", False
+    if isinstance(exc, u3.HTTPError | OSError):
+        return _network(exc), False
+    return f"internal error: cannot send the request ({type(exc).__name__})", True
+
+
+def _network(exc: BaseException) -> str:
     if isinstance(exc, u3.TimeoutError | TimeoutError):
         return "timeout"
     if isinstance(exc, u3.SSLError):
@@ -385,15 +460,11 @@ def _describe(exc: BaseException | None) -> str:
         return f"TLS error: {getattr(inner, 'reason', None) or inner}"
     if isinstance(exc, u3.ProtocolError):
         return f"connection error: {_reason(exc.args[-1] if exc.args else exc)}"
-    if isinstance(exc, u3.LocationValueError):
-        return "invalid URL"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, OSError):
         return f"connection error: {_reason(exc)}"
-    if isinstance(exc, u3.HTTPError):  # its text may hold the URL
-        return f"connection error: {type(exc).__name__}"
-    return f"internal error: {type(exc).__name__}"
+    return f"connection error: {type(exc).__name__}"  # its text may hold the URL
 
 
 def _reason(exc: BaseException) -> str:

@@ -21,9 +21,10 @@ from standardwebhooks.webhooks import Webhook
 import router.guard
 from router import __version__
 from router.config import WebhookConfig
-from router.delivery import DeliveryPool
-from router.messages import Attempt, AttemptResult
+from router.delivery import HARD_DEADLINE, DeliveryPool
+from router.messages import Attempt, AttemptResult, Payload
 from tests.builders import KEY, PAYLOAD, hook
+from tests.hostile import blackhole
 
 OLD_KEY = b"fedcba9876543210fedcba9876543210"
 
@@ -473,3 +474,193 @@ def test_stop_counts_only_attempts_that_are_running_and_cuts_them(server, caplog
     assert "delivery-watchdog" not in pool_threads()
     wait_for(lambda: pool_threads() == [], timeout=2.0)  # the cut ends the stuck attempt
     assert [(r.ok, r.error) for r in results] == [(False, "response too slow")]
+
+
+# --------------------------------------------------------------------------- one deadline
+
+
+def stub_resolver(table: dict[str, list[str]], calls: list[str] | None = None):
+    """A getaddrinfo that answers names from ``table`` (IPv4 only) and never asks DNS."""
+
+    def lookup(host, port, family=0, type=0, proto=0, flags=0):
+        if calls is not None:
+            calls.append(host)
+        if host not in table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in table[host]]
+
+    return lookup
+
+
+@contextmanager
+def hanging_resolver():
+    """A getaddrinfo stuck on every name until the test ends, recording the names asked.
+
+    Addresses it answers at once, as the real one does without asking DNS.
+    """
+    release, calls = threading.Event(), []
+
+    def lookup(host, port, family=0, type=0, proto=0, flags=0):
+        if host[0].isdigit():
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (host, port))]
+        calls.append(host)
+        release.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    try:
+        yield lookup, calls, release
+    finally:
+        release.set()
+
+
+@contextmanager
+def running(**kwargs):
+    pool = DeliveryPool(**kwargs)
+    pool.start()
+    try:
+        yield pool
+    finally:
+        pool.stop(5)
+
+
+def test_a_hanging_lookup_fails_the_attempt_and_frees_the_worker(server):
+    with hanging_resolver() as (lookup, calls, release), running(workers=1, resolve=lookup) as pool:
+        stuck = deliver(pool, hook(f"http://stuck.test:{server.port}/", timeout=1.0))
+        # The one worker is free again although the lookup still hangs.
+        assert deliver(pool, hook(f"http://127.0.0.1:{server.port}/")).ok
+        assert not release.is_set() and calls == ["stuck.test"]
+    assert (stuck.ok, stuck.error, stuck.router_fault) == (False, "timeout resolving host", False)
+    assert stuck.latency <= 1.0 * HARD_DEADLINE + 1.0
+
+
+def test_when_every_resolver_thread_is_stuck_a_lookup_fails_at_once(server):
+    with (
+        hanging_resolver() as (lookup, calls, _),
+        running(workers=4, resolve=lookup, resolver_threads=2) as pool,
+    ):
+        # A timeout long enough for a resolver thread to start on a busy machine.
+        first = [deliver(pool, hook(f"http://stuck{n}.test:{server.port}/", timeout=1.0))
+                 for n in (1, 2)]  # fmt: skip
+        third = deliver(pool, hook(f"http://stuck3.test:{server.port}/", timeout=1.0))
+        assert deliver(pool, hook(f"http://127.0.0.1:{server.port}/")).ok  # literals need none
+    assert [r.error for r in first] == ["timeout resolving host"] * 2
+    assert third.error == "timeout resolving host: all 2 resolver threads are stuck"
+    assert calls == ["stuck1.test", "stuck2.test"]  # the third never waited for a thread
+
+
+def test_an_unknown_name_is_a_resolution_error():
+    with running(workers=1, resolve=stub_resolver({})) as pool:
+        result = deliver(pool, hook("http://nowhere.test/"))
+    assert (result.ok, result.error) == (False, "connection error: cannot resolve nowhere.test")
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_many_blackholed_addresses_are_cut_at_the_deadline(monkeypatch, guarded):
+    monkeypatch.setattr(router.guard, "is_blocked", lambda ip: False)  # loopback stands in
+    with blackhole(8) as (addresses, port):
+        lookup = stub_resolver({"many.test": addresses})
+        with running(workers=1, resolve=lookup) as pool:
+            webhook = hook(f"http://many.test:{port}/", timeout=0.4,
+                           allow_private_networks=not guarded)  # fmt: skip
+            result = deliver(pool, webhook)
+    assert (result.ok, result.error) == (False, "connect timeout")
+    # 8 addresses times the timeout would be 3.2 s: the attempt ends at its deadline instead.
+    assert result.latency <= 0.4 * HARD_DEADLINE + 1.0
+
+
+def test_a_refused_address_is_skipped_for_the_next_one(server):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.3", server.port))  # bound, never listening: refuses
+        lookup = stub_resolver({"two.test": ["127.0.0.3", "127.0.0.1"]})
+        with running(workers=1, resolve=lookup) as pool:
+            assert deliver(pool, hook(f"http://two.test:{server.port}/")).ok
+
+
+def test_a_blackholed_address_leaves_the_rest_of_the_deadline_to_the_next(server):
+    with blackhole(1) as ([dead], _):
+        lookup = stub_resolver({"two.test": [dead, "127.0.0.1"]})
+        with running(workers=1, resolve=lookup) as pool:
+            # The first connect takes the whole timeout; the second gets what is left.
+            result = deliver(pool, hook(f"http://two.test:{server.port}/", timeout=2.0))
+    assert result.ok, result.error
+    assert len(server.received) == 1
+
+
+def test_a_blocked_address_is_refused_whatever_the_resolver_says(server):
+    with running(workers=1, resolve=stub_resolver({"evil.test": ["127.0.0.1"]})) as pool:
+        webhook = hook(f"http://evil.test:{server.port}/", allow_private_networks=False)
+        result = deliver(pool, webhook)
+    assert (result.error, result.router_fault) == ("blocked address 127.0.0.1", False)
+    assert server.connections == 0
+
+
+def test_a_server_that_never_completes_the_tls_handshake_is_cut_at_the_deadline():
+    with socket.create_server(("127.0.0.1", 0)) as silent, running(workers=1) as pool:
+        port = silent.getsockname()[1]  # the kernel accepts; nobody ever answers
+        result = deliver(pool, hook(f"https://127.0.0.1:{port}/", timeout=0.3))
+    # The handshake's read times out, or the watchdog cuts it while connecting.
+    assert (result.ok, result.error in ("timeout", "connect timeout")) == (False, True)
+    assert result.latency <= 0.3 * HARD_DEADLINE + 1.0
+
+
+# --------------------------------------------------------------------------- faults that are ours
+
+
+@pytest.mark.parametrize("event_id", ["订单-1", "a\r\nX-Injected: 1", "a\nb", "nul\x00", "del\x7f"])
+def test_an_event_id_that_cannot_go_in_a_header_is_a_router_fault(server, pool, event_id):
+    payload = Payload(id=event_id, type="T", body=f'{{"id":{json.dumps(event_id)}')
+    results: list[AttemptResult] = []
+    done = threading.Event()
+    attempt = Attempt(webhook=hook(f"http://127.0.0.1:{server.port}/"), seq=1,
+                      payload=payload, number=1)  # fmt: skip
+    pool.submit(attempt, lambda r: (results.append(r), done.set()))
+    assert done.wait(10)
+    [result] = results
+    assert (result.ok, result.status, result.router_fault) == (False, None, True)
+    assert result.error == (
+        "internal error: cannot build the request: the event id cannot go in an HTTP header"
+    )
+    assert server.received == []
+    assert deliver(pool, hook(f"http://127.0.0.1:{server.port}/")).ok  # the next one goes out
+
+
+def test_a_static_header_that_cannot_be_sent_is_named_without_its_value(server, pool):
+    webhook = hook(f"http://127.0.0.1:{server.port}/", headers=(("X-Tenant", "s3cr3t\r\nX: y"),))
+    result = deliver(pool, webhook)
+    assert result.router_fault
+    assert result.error == (
+        "internal error: cannot build the request: the value of header X-Tenant cannot go in"
+        " an HTTP header"
+    )
+    assert "s3cr3t" not in result.error
+
+
+def test_signing_that_raises_is_a_router_fault_without_the_secret(server, pool):
+    result = deliver(pool, hook(f"http://127.0.0.1:{server.port}/", signature="bogus"))
+    assert (result.ok, result.router_fault) == (False, True)
+    assert result.error == "internal error: cannot build the request: signing failed (ValueError)"
+    assert server.received == []
+
+
+def test_an_unexpected_exception_while_sending_is_a_router_fault():
+    def broken(host, port, family=0, type=0, proto=0, flags=0):
+        raise RuntimeError("a bug of ours")
+
+    with running(workers=1, resolve=broken) as pool:
+        result = deliver(pool, hook("http://broken.test/"))
+    assert (result.router_fault, result.error) == (
+        True, "internal error: cannot send the request (RuntimeError)"
+    )  # fmt: skip
+
+
+def test_network_and_endpoint_failures_are_never_router_faults(server, pool):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        refused = deliver(pool, hook(f"http://127.0.0.1:{s.getsockname()[1]}/"))
+    server.behaviour = Behaviour(status=500)
+    error = deliver(pool, hook(f"http://127.0.0.1:{server.port}/"))
+    server.behaviour = Behaviour(delay=2.0)
+    slow = deliver(pool, hook(f"http://127.0.0.1:{server.port}/", timeout=0.2))
+    assert [(r.error, r.router_fault) for r in (refused, error, slow)] == [
+        ("connection refused", False), ("HTTP 500", False), ("timeout", False),
+    ]  # fmt: skip

@@ -173,6 +173,7 @@ class Daemon:
         self.settings.update(top)
         self.write()
         self.proc: subprocess.Popen | None = None
+        self.wrapper: list[str] = []  # a command the daemon runs under (exec's it in the end)
         self.log_path = tmp / notify_name.replace("notify", "daemon").replace(".sock", ".log")
         self._ctx = zmq.Context.instance()
         self._notify_path = str(tmp / notify_name)
@@ -192,7 +193,7 @@ class Daemon:
         env = dict(os.environ, NOTIFY_SOCKET=self._notify_path, PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "ab")  # noqa: SIM115 — closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "router", "run", "-c", str(self.config_path)],
+            [*self.wrapper, sys.executable, "-m", "router", "run", "-c", str(self.config_path)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
