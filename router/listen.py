@@ -126,9 +126,9 @@ def serve(host: str, port: int, secrets: list[bytes], status: int) -> int:
     host, port = server.server_address[:2]
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # stop on SIGTERM as on Ctrl-C
-    # Only now: whoever waits for this line may send SIGTERM at once.
-    print(f"listening on http://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
+        # Inside the try: whoever waits for this line may send SIGTERM at once.
+        print(f"listening on http://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
