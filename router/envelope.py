@@ -28,7 +28,7 @@ MAX_DEPTH = 100  # nesting inside data; far beyond real payloads, well inside ev
 _ID_CHARS = re.compile(r"[!-~]+")
 # What one decoded value costs in memory beyond its text, in bytes (a Python object and
 # the reference to it): an estimate on the high side, so that budgets err towards safety.
-VALUE_COST = 64
+VALUE_COST = 80  # an empty list: 56 bytes, 16 of GC header, 8 for the reference to it
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -144,16 +144,58 @@ def _timestamp(value: Any) -> float:
 def _check_json(data: dict[str, Any]) -> int:
     """Refuse anything JSON cannot carry, naming where it sits (``data.items[2].x``).
 
-    Iterative with an explicit depth bound, so a hostile payload cannot exhaust the
-    (possibly small) stack of the receiver thread here or later in ``json.dumps``.
     Returns how many values (containers, keys and items) ``data`` holds: what its
-    decoded form costs beyond its text, which a small frame can make large.
+    decoded form costs beyond its text, which a small frame can make large. A fast
+    pass checks every value without building paths; only a payload it refuses is
+    walked again to say where the problem is.
     """
+    values = _valid_values(data)
+    if values is None:
+        _explain_invalid(data)
+        raise BadEvent("bad_data", "not representable in JSON")  # _explain_invalid raised
+    return values
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def _valid_values(data: dict[str, Any]) -> int | None:
+    """The number of values in ``data`` if JSON can carry all of it, else None.
+
+    Level by level, with an explicit depth bound, so a hostile payload cannot exhaust
+    the (possibly small) stack of the receiver thread here or later in ``json.dumps``.
+    msgpack gives exact types, so type lookups are enough.
+    """
+    level: list[Any] = [data]
+    values, depth = 1, 1
+    while level:
+        if depth > MAX_DEPTH:
+            return None
+        deeper: list[Any] = []
+        for container in level:
+            if type(container) is dict:
+                values += 2 * len(container)
+                if not all(type(k) is str for k in container):
+                    return None
+                items = container.values()
+            else:
+                values += len(container)
+                items = container
+            for item in items:
+                kind = type(item)
+                if kind is dict or kind is list:
+                    deeper.append(item)
+                elif kind not in _SCALARS and not (kind is float and math.isfinite(item)):
+                    return None
+        level, depth = deeper, depth + 1
+    return values
+
+
+def _explain_invalid(data: dict[str, Any]) -> None:
+    """Raise ``BadEvent`` naming the first value JSON cannot carry (a refused payload only)."""
     stack: list[tuple[Any, str, int]] = [(data, "data", 1)]
-    values = 1
     while stack:
         container, path, depth = stack.pop()
-        values += len(container) * (2 if isinstance(container, dict) else 1)
         if depth > MAX_DEPTH:
             raise BadEvent("bad_data", f"{_short(path)}: nested deeper than {MAX_DEPTH} levels")
         pairs = container.items() if isinstance(container, dict) else enumerate(container)
@@ -166,7 +208,6 @@ def _check_json(data: dict[str, Any]) -> int:
             elif not _json_scalar(item):
                 where = _short(_path(path, key), 120)
                 raise BadEvent("bad_data", f"{where}: {_kind(item)} is not representable in JSON")
-    return values
 
 
 def _json_scalar(value: Any) -> bool:
@@ -204,7 +245,7 @@ def _iso(ts: float) -> str:
     """``2026-11-27T16:38:33.123Z``: UTC, milliseconds, rounded to the nearest one."""
     seconds, millis = divmod(round(ts * 1000), 1000)
     moment = _EPOCH + timedelta(seconds=seconds)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{millis:03d}Z"
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}.{millis:03d}Z"  # %Y: no zeros for year 1
 
 
 # --------------------------------------------------------------------------- ids

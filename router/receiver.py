@@ -37,8 +37,8 @@ SLICE_MS = 50  # how soon a waiting stop() is noticed
 BATCH = 1000  # most messages read from one socket in one poll
 LINGER_MS = 1000  # on stop, queued acks get this long to leave
 HWM = 10_000  # acks queued for one client
-MAX_OUTSTANDING_BYTES = 128 * MiB  # decoded events handed on but not yet journaled
-PEER_QUEUE_BYTES = 64 * MiB  # frames ZeroMQ may queue for us from one producer
+MAX_OUTSTANDING_BYTES = 64 * MiB  # decoded events handed on but not yet journaled
+PEER_QUEUE_BYTES = 16 * MiB  # frames ZeroMQ may queue for us from one producer
 
 
 def frame_limit(max_event_bytes: int) -> int:
@@ -48,7 +48,7 @@ def frame_limit(max_event_bytes: int) -> int:
 
 def receive_hwm(max_event_bytes: int) -> int:
     """Frames ZeroMQ queues per producer, so that one producer's queue stays within bytes."""
-    return max(16, min(1000, PEER_QUEUE_BYTES // frame_limit(max_event_bytes)))
+    return max(4, min(1000, PEER_QUEUE_BYTES // frame_limit(max_event_bytes)))
 
 
 @dataclass(frozen=True, slots=True)
