@@ -101,6 +101,7 @@ class Config:
     control_bind: str = ""  # zmq address; default ipc://<state_dir>/control.sock
     metrics_bind: tuple[str, int] | None = ("127.0.0.1", 9464)
     delivery_workers: int = 64
+    attempt_log_max: int = 256 * MiB  # bytes the attempt log may take in the journal
     webhooks: tuple[WebhookConfig, ...] = ()
 
 
@@ -253,7 +254,8 @@ def load(path: str, env: Mapping[str, str] | None = None) -> Config:
     if errors:
         raise ConfigError([text for _, _, text in sorted(errors, key=lambda e: e[:2])])
     state_dir = top.get("state_dir", main.resolve(DEFAULT_STATE_DIR))
-    extra = {k: top[k] for k in ("retention", "shutdown_timeout", "delivery_workers") if k in top}
+    runtime = ("retention", "shutdown_timeout", "delivery_workers", "attempt_log_max")
+    extra = {k: top[k] for k in runtime if k in top}
     if "metrics" in top and top["metrics"] is None:
         extra["metrics_bind"] = None  # `metrics: null`: the whole section off
     elif "bind" in top.get("metrics", {}):

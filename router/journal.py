@@ -21,10 +21,11 @@ import logging
 import os
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from router import RouterError, metrics, store
@@ -37,6 +38,7 @@ from router.messages import (
     Loaded,
     LoadPending,
     Outcome,
+    Rebuild,
     Revive,
     SaveState,
     WebhookState,
@@ -47,8 +49,11 @@ log = logging.getLogger(__name__)
 
 PURGE_INTERVAL = 60.0  # seconds between purges of expired events
 PURGE_CHUNK = 5000  # events per purge transaction, so a purge never stalls acks for long
+TRIM_CHUNK = 500  # attempt rows a write transaction trims at most; a purge goes on from there
 MAX_BATCH = 2000  # rows (events, other messages) per transaction: bounds latency under a flood
 MAX_BACKLOG = 100_000  # failed non-Append messages kept for retry; beyond, oldest Outcomes go
+MAX_BACKLOG_BYTES = 64 * 1024 * 1024  # what they may hold; beyond, oldest responses, then Outcomes
+MESSAGE_COST = 512  # bytes a kept message costs besides its response text (an estimate)
 RETRY_MIN, RETRY_MAX = 0.1, 5.0  # backoff for retrying a failed transaction's messages
 NO_PAGE_LIMIT = 0xFFFFFFFE  # SQLite's largest max_page_count
 
@@ -102,6 +107,7 @@ class Journal:
         on_error: Callable[[Append, str], None],
         *,
         max_pages: int | None = None,
+        attempt_log_max: int | None = None,
     ):
         self.path = os.path.abspath(path)
         self._clock = clock
@@ -109,6 +115,9 @@ class Journal:
         self._on_commit = on_commit
         self._on_error = on_error
         self._max_pages = max_pages
+        # The attempt log's ceiling in bytes (None: none); the writer reads it, reload sets it.
+        self.attempt_log_max = attempt_log_max
+        self._log_full = ""  # "", "trimming" or "over": one log line per change
         self._inbox: queue.Queue[Any] = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
@@ -203,7 +212,7 @@ class Journal:
             out = {}
             for name in names:
                 queued, exhausted = counts.get(name, (0, 0))
-                pending = store.pending_deliveries(conn, name, 0, limit) if queued else ()
+                pending = store.pending_deliveries(conn, name, 0, limit)[0] if queued else ()
                 state = states.get(name, WebhookState())
                 out[name] = Restored(state, pending, queued, exhausted)
             return out
@@ -273,6 +282,7 @@ class Journal:
             for msg in work:
                 if not isinstance(msg, SaveState) or states[msg.webhook] is msg:
                     self._apply(msg, now, out)
+            self._trim()
             self._conn.execute("COMMIT")
         except sqlite3.Error as e:
             self._try("ROLLBACK")
@@ -301,12 +311,19 @@ class Journal:
             elif isinstance(msg, SaveState):
                 store.save_state(conn, msg.webhook, msg.state)
             elif isinstance(msg, LoadPending):
-                found = store.pending_deliveries(conn, msg.webhook, msg.after_seq, msg.limit)
-                loaded = Loaded(msg.webhook, found, msg.after_seq, msg.limit)
+                found, wanted = store.pending_deliveries(
+                    conn, msg.webhook, msg.after_seq, msg.limit, msg.max_bytes, msg.seqs
+                )
+                loaded = Loaded(msg.webhook, found, msg.after_seq, msg.limit, wanted, msg.seqs)
                 out.after.append(functools.partial(msg.reply, loaded))
             elif isinstance(msg, Revive):
-                loaded = Loaded(msg.webhook, store.revive(conn, msg), 0, None)
+                loaded = Loaded(msg.webhook, (), 0, None, revived=store.revive(conn, msg))
                 out.after.append(functools.partial(msg.reply, loaded))
+            elif isinstance(msg, Rebuild):
+                state, queued, exhausted, newest = store.one_webhook(conn, msg.webhook)
+                head = store.pending_deliveries(conn, msg.webhook, 0, msg.limit)[0]
+                restored = Restored(state, head if queued else (), queued, exhausted)
+                out.after.append(functools.partial(msg.reply, restored, newest))
             elif isinstance(msg, Cancel):
                 n = store.cancel(conn, msg.webhook)
                 out.after.append(functools.partial(_log_cancelled, msg.webhook, n))
@@ -324,9 +341,8 @@ class Journal:
     def _failed(self, work: list[Any], exc: sqlite3.Error) -> None:
         """Answer the Appends of a failed transaction; keep the rest for a retry.
 
-        The backlog is bounded: SaveStates coalesce per webhook, and past
-        ``MAX_BACKLOG`` the oldest Outcomes go (their deliveries are simply sent
-        again: at least once still holds). LoadPending, Revive and Cancel are kept.
+        The backlog is bounded (see ``_bounded``): SaveStates coalesce per webhook,
+        a success keeps only the response prefix the attempt log would keep.
         """
         metrics.JOURNAL_ERRORS.inc()
         self._failures += 1
@@ -338,16 +354,11 @@ class Journal:
                 self._call(self._on_error, msg, reason)
         states = {m.webhook: m for m in work if isinstance(m, SaveState)}
         keep = [
-            m for m in work
+            _lean(m) for m in work
             if not isinstance(m, Append)
             and (not isinstance(m, SaveState) or states[m.webhook] is m)
         ]  # fmt: skip
-        excess = len(keep) - MAX_BACKLOG
-        if excess > 0:
-            drop = {id(m) for m in [m for m in keep if isinstance(m, Outcome)][:excess]}
-            keep = [m for m in keep if id(m) not in drop]
-            log.error("journal backlog full: dropped the %d oldest outcomes", len(drop))
-        self._backlog = keep
+        self._backlog = _bounded(keep)
         delay = min(RETRY_MAX, RETRY_MIN * 2 ** min(self._failures - 1, 16))
         self._retry_at = self._clock.monotonic() + delay
 
@@ -366,6 +377,38 @@ class Journal:
         except Exception:
             log.exception("journal callback %s raised", getattr(fn, "__qualname__", fn))
 
+    def _trim(self, periodic: bool = False) -> int:
+        """Bring the attempt log under its ceiling, inside the caller's transaction.
+
+        Every transaction calls it (one row read when under the ceiling), so the log is
+        at most ``attempt_log_max`` after each commit; past ``TRIM_CHUNK`` rows the rest
+        goes in purges from the next loop on. Only when nothing is left to delete or cut
+        (the prefixes of each unfinished delivery's newest attempt exceed the ceiling)
+        does it stay over, and then only the ``periodic`` purge tries again, since every
+        try reads each row not yet cut. Returns how many attempt rows went or were cut.
+        """
+        ceiling = self.attempt_log_max
+        if ceiling is None or (self._log_full == "over" and not periodic):
+            return 0
+        limit = PURGE_CHUNK if periodic else TRIM_CHUNK
+        gone, size = store.trim_attempts(self._conn, ceiling, limit)
+        if gone == limit:
+            self._next_purge = self._clock.monotonic()  # more to do: next loop, between batches
+        full = "over" if size > ceiling else "trimming" if gone or self._log_full else ""
+        if full != self._log_full:
+            if full == "over":
+                log.warning(
+                    "attempt log over its ceiling (%d of %d bytes): only a prefix of the"
+                    " newest attempt of each unfinished delivery is left", size, ceiling,
+                )  # fmt: skip
+            elif full == "trimming":
+                log.info(
+                    "attempt log at its ceiling of %d bytes: its oldest attempts go first",
+                    ceiling,
+                )
+            self._log_full = full
+        return gone
+
     def _purge(self) -> None:
         """Delete finished events older than retention, their rows, and old attempt rows."""
         conn = self._conn
@@ -374,6 +417,7 @@ class Journal:
         try:
             conn.execute("BEGIN IMMEDIATE")
             events, old = store.purge(conn, cutoff, PURGE_CHUNK)
+            old += self._trim(periodic=True)
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             self._try("ROLLBACK")
@@ -384,6 +428,58 @@ class Journal:
             log.info("journal purged %d expired events and %d old attempt rows", events, old)
         if events == PURGE_CHUNK or old == PURGE_CHUNK:
             self._next_purge = self._clock.monotonic()  # more to do: next loop, between batches
+
+
+def _lean(msg: Any) -> Any:
+    """A backlog message holding no more response text than the attempt log will keep."""
+    if isinstance(msg, Outcome) and msg.result.ok:
+        kept = store.kept_response(msg.result)
+        if kept != msg.result.response:
+            return replace(msg, result=replace(msg.result, response=kept))
+    return msg
+
+
+def _cost(msg: Any) -> int:
+    """What a backlog message holds in memory, roughly."""
+    if isinstance(msg, Outcome):
+        return MESSAGE_COST + sys.getsizeof(msg.result.response)
+    return MESSAGE_COST
+
+
+def _bounded(keep: list[Any]) -> list[Any]:
+    """The backlog within ``MAX_BACKLOG`` messages and ``MAX_BACKLOG_BYTES``.
+
+    Past the bytes, the oldest Outcomes first lose their response text (the state
+    change is kept); past either bound still, the oldest Outcomes go (their
+    deliveries are simply sent again: at least once still holds). LoadPending,
+    Revive, Cancel and SaveState are always kept.
+    """
+    total = sum(_cost(m) for m in keep)
+    stripped = 0
+    for i, msg in enumerate(keep):
+        if total <= MAX_BACKLOG_BYTES:
+            break
+        if isinstance(msg, Outcome) and msg.result.response:
+            keep[i] = replace(msg, result=replace(msg.result, response=""))
+            total -= _cost(msg) - _cost(keep[i])
+            stripped += 1
+    if stripped:
+        log.error(
+            "journal backlog over %d bytes: dropped the response text of the %d oldest outcomes",
+            MAX_BACKLOG_BYTES, stripped,
+        )  # fmt: skip
+    count = len(keep)
+    drop = set()
+    for msg in keep:
+        if count - len(drop) <= MAX_BACKLOG and total <= MAX_BACKLOG_BYTES:
+            break
+        if isinstance(msg, Outcome):
+            drop.add(id(msg))
+            total -= _cost(msg)
+    if drop:
+        keep = [m for m in keep if id(m) not in drop]
+        log.error("journal backlog full: dropped the %d oldest outcomes", len(drop))
+    return keep
 
 
 def _log_cancelled(webhook: str, n: int) -> None:

@@ -72,7 +72,10 @@ class File:
 
     def error(self, at: yaml.Node | int, path: str, message: str) -> None:
         line = at if isinstance(at, int) else at.start_mark.line + 1
-        self.errors.append((self.order, line, f"{self.name}:{line}: {path or 'config'}: {message}"))
+        text = f"{self.name}:{line}: {path or 'config'}: {message}"
+        if not text.isprintable():  # a key or value holding a newline: keep one line per error
+            text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        self.errors.append((self.order, line, text))
 
     def check(self, check: Check, node: yaml.Node, path: str) -> Any:
         try:
@@ -432,4 +435,5 @@ TOP = {
     "include": Key(_existing(os.path.isdir, "directory")),
     "webhooks": Key(webhook_list),
     "delivery_workers": Key(_scalar(integer(1), "an integer")),
+    "attempt_log_max": Key(_scalar(positive(parse_size), "a size")),
 }

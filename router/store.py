@@ -16,6 +16,7 @@ import urllib.parse
 from typing import Any
 
 from router import RouterError
+from router.budget import delivery_cost
 from router.clock import iso
 from router.messages import (
     CANCELLED,
@@ -23,6 +24,7 @@ from router.messages import (
     EXHAUSTED,
     PENDING,
     Append,
+    AttemptResult,
     Committed,
     Delivery,
     Outcome,
@@ -33,9 +35,21 @@ from router.messages import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_SCHEMA = """
+SUCCESS_RESPONSE_CAP = 1024  # bytes of a 2xx response body kept in the attempt log
+ROW_COST = 100  # bytes an attempt row costs besides its texts (numbers, names, index entries)
+
+# What one attempt row costs on disk, accounted in ``attempts.size``; written once, used by
+# the insert (named parameters) and by the version-2 upgrade (columns).
+_ROW_SIZE = (
+    "{cost} + length(CAST(coalesce({response}, '') AS BLOB))"
+    " + length(CAST(coalesce({error}, '') AS BLOB)) + length(CAST({event_id} AS BLOB))"
+)
+
+_ROW_COLUMNS = {"cost": ROW_COST, "response": "response", "error": "error", "event_id": "event_id"}
+
+_SCHEMA_V1 = """
 BEGIN;
 CREATE TABLE events (
     seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, type TEXT NOT NULL,
@@ -61,11 +75,67 @@ PRAGMA user_version = 1;
 COMMIT;
 """
 
+# Which attempt rows go first when the log is over its ceiling (``attempts.trim_order``):
+# 1, those of finished deliveries (done, cancelled, purged); 2, the older attempts of an
+# unfinished delivery; 3, the newest attempt of each unfinished delivery, which still says
+# why a held delivery failed: those only lose all but a prefix of their response.
+_OPEN = "IN ('pending', 'exhausted')"  # the states of a delivery that may still be attempted
+_UNFINISHED = "EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = {seq} AND d.webhook = {webhook}"
+_UNFINISHED += f" AND d.state {_OPEN})"
+_TRIM_ORDER_OF = (
+    f"CASE WHEN NOT {_UNFINISHED} THEN 1 WHEN id = (SELECT max(b.id) FROM attempts b"
+    " WHERE b.seq = {seq} AND b.webhook = {webhook}) THEN 3 ELSE 2 END"
+)
+
+_NEW_ROW = {"seq": "new.seq", "webhook": "new.webhook"}
+
+# Version 2: what the attempt log costs, kept by triggers in a one-row table so that the
+# ceiling (``attempt_log_max``) is checked without a scan, and each row's trim order,
+# indexed. ``cut_below``: every row under that id has at most a prefix of its response.
+# A version-1 file is upgraded in place on open; a failed upgrade rolls back and leaves
+# the file as it was.
+_SCHEMA_V2 = f"""
+BEGIN;
+ALTER TABLE attempts ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE attempts ADD COLUMN trim_order INTEGER NOT NULL DEFAULT 1;
+UPDATE attempts SET size = {_ROW_SIZE.format(**_ROW_COLUMNS)},
+    trim_order = {_TRIM_ORDER_OF.format(seq="attempts.seq", webhook="attempts.webhook")};
+CREATE INDEX attempts_to_trim ON attempts (trim_order, id);
+CREATE TABLE attempt_log (
+    one INTEGER PRIMARY KEY CHECK (one = 1), bytes INTEGER NOT NULL, cut_below INTEGER NOT NULL);
+INSERT INTO attempt_log SELECT 1, coalesce(sum(size), 0), 0 FROM attempts;
+CREATE TRIGGER delivery_finished AFTER UPDATE OF state ON deliveries
+    WHEN (old.state {_OPEN}) != (new.state {_OPEN})
+    BEGIN UPDATE attempts SET trim_order = {_TRIM_ORDER_OF.format(**_NEW_ROW)}
+        WHERE seq = new.seq AND webhook = new.webhook; END;
+CREATE TRIGGER attempt_added AFTER INSERT ON attempts
+    BEGIN
+    UPDATE attempt_log SET bytes = bytes + new.size, cut_below = min(cut_below, new.id);
+    UPDATE attempts SET trim_order = 2  -- "+": by the delivery's index, not the trim one
+        WHERE seq = new.seq AND webhook = new.webhook AND +trim_order = 3 AND +id < new.id;
+    END;
+CREATE TRIGGER attempt_removed AFTER DELETE ON attempts
+    BEGIN UPDATE attempt_log SET bytes = bytes - old.size; END;
+CREATE TRIGGER attempt_resized AFTER UPDATE OF size ON attempts
+    BEGIN UPDATE attempt_log SET bytes = bytes - old.size + new.size; END;
+PRAGMA user_version = 2;
+COMMIT;
+"""
+
+_UPGRADES = {1: _SCHEMA_V1, 2: _SCHEMA_V2}  # version -> the script that makes it
+
 _PENDING_SQL = """
 SELECT d.seq, e.id, e.type, e.body, d.attempts, d.next_at
 FROM deliveries d JOIN events e ON e.seq = d.seq
 WHERE d.state = 'pending' AND d.webhook = ? AND d.seq > ?
 ORDER BY d.seq LIMIT ?
+"""
+
+_PENDING_BY_SEQ_SQL = """
+SELECT d.seq, e.id, e.type, e.body, d.attempts, d.next_at
+FROM deliveries d JOIN events e ON e.seq = d.seq
+WHERE d.state = 'pending' AND d.webhook = ? AND d.seq IN ({marks})
+ORDER BY d.seq
 """
 
 
@@ -91,13 +161,15 @@ def open_writer(path: str, max_pages: int | None = None) -> sqlite3.Connection:
             log.warning("journal %s: WAL mode unavailable, using %s", path, mode)
         conn.execute("PRAGMA synchronous = FULL")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            conn.executescript(_SCHEMA)
-        elif version > SCHEMA_VERSION:
+        if version > SCHEMA_VERSION:
             raise RouterError(
                 f"journal {path} has schema version {version}, newer than this "
                 f"router understands ({SCHEMA_VERSION}); upgrade the router"
             )
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            conn.executescript(_UPGRADES[step])
+            if version:
+                log.info("journal %s upgraded to schema version %d", path, step)
         if max_pages is not None:
             conn.execute(f"PRAGMA max_page_count = {int(max_pages)}")
     except sqlite3.Error as e:
@@ -155,13 +227,37 @@ def record_outcome(conn: sqlite3.Connection, msg: Outcome) -> None:
         " AND (state != 'cancelled' OR ? = 'done')",
         (msg.state, r.number, msg.next_at, msg.seq, msg.webhook, msg.state),
     )
-    conn.execute(
-        "INSERT INTO attempts (webhook, seq, event_id, number, at, status, error,"
-        " latency_ms, response) SELECT ?, seq, id, ?, ?, ?, ?, ?, ? FROM events"
-        " WHERE seq = ? ON CONFLICT DO NOTHING",
-        (msg.webhook, r.number, r.started_at, r.status, r.error, r.latency * 1000.0,
-         r.response, msg.seq),
-    )  # fmt: skip
+    conn.execute(_INSERT_ATTEMPT, {
+        "webhook": msg.webhook, "seq": msg.seq, "number": r.number, "at": r.started_at,
+        "status": r.status, "error": r.error, "latency_ms": r.latency * 1000.0,
+        "response": kept_response(r),
+    })  # fmt: skip
+
+
+_INSERT_ATTEMPT = f"""
+INSERT INTO attempts (
+    webhook, seq, event_id, number, at, status, error, latency_ms, response, size, trim_order)
+SELECT :webhook, seq, id, :number, :at, :status, :error, :latency_ms, :response,
+    {_ROW_SIZE.format(cost=ROW_COST, response=":response", error=":error", event_id="id")},
+    CASE WHEN {_UNFINISHED.format(seq=":seq", webhook=":webhook")} THEN 3 ELSE 1 END
+FROM events WHERE seq = :seq ON CONFLICT DO NOTHING
+"""
+
+
+def kept_response(r: AttemptResult) -> str:
+    """The part of a response body the attempt log keeps: all of a failure's, a 2xx's prefix.
+
+    A failure's body explains it; a success's rarely says more than its first KiB, and a
+    chatty receiver must not fill the disk with them.
+    """
+    return prefix(r.response) if r.ok else r.response
+
+
+def prefix(text: str) -> str:
+    """The first ``SUCCESS_RESPONSE_CAP`` bytes of ``text``; a character cut in half goes."""
+    if len(text) <= SUCCESS_RESPONSE_CAP // 4:  # short enough whatever its characters
+        return text
+    return text.encode()[:SUCCESS_RESPONSE_CAP].decode(errors="ignore")
 
 
 def save_state(conn: sqlite3.Connection, webhook: str, s: WebhookState) -> None:
@@ -173,23 +269,21 @@ def save_state(conn: sqlite3.Connection, webhook: str, s: WebhookState) -> None:
     )  # fmt: skip
 
 
-def revive(conn: sqlite3.Connection, msg: Revive) -> tuple[Delivery, ...]:
-    """Exhausted (and, for a replay, done) deliveries back to pending, attempts reset."""
+def revive(conn: sqlite3.Connection, msg: Revive) -> int:
+    """Exhausted (and, for a replay, done) deliveries back to pending, attempts reset.
+
+    Returns how many; their bodies stay in the file (the queue loads them in order).
+    """
     states = "('exhausted', 'done')" if msg.include_done else "('exhausted')"
-    since = "" if msg.since is None else " AND e.received_at >= ?"
+    since = ""
+    if msg.since is not None:
+        since = " AND seq IN (SELECT seq FROM events WHERE received_at >= ?)"
     params = (msg.webhook,) if msg.since is None else (msg.webhook, msg.since)
-    rows = conn.execute(
-        "SELECT d.seq, e.id, e.type, e.body FROM deliveries d JOIN events e"
-        f" ON e.seq = d.seq WHERE d.webhook = ? AND d.state IN {states}{since}"
-        " ORDER BY d.seq",
-        params,
-    ).fetchall()
-    conn.executemany(
+    return conn.execute(
         "UPDATE deliveries SET state = 'pending', attempts = 0, next_at = NULL"
-        " WHERE seq = ? AND webhook = ?",
-        [(seq, msg.webhook) for seq, *_ in rows],
-    )
-    return tuple(Delivery(seq, Payload(eid, etype, body)) for seq, eid, etype, body in rows)
+        f" WHERE webhook = ? AND state IN {states}{since}",
+        params,
+    ).rowcount
 
 
 def cancel(conn: sqlite3.Connection, webhook: str) -> int:
@@ -225,19 +319,90 @@ def purge(conn: sqlite3.Connection, cutoff: float, limit: int) -> tuple[int, int
     return len(seqs), old
 
 
+_DOOMED = "SELECT id, size FROM attempts WHERE trim_order = ? ORDER BY id LIMIT ?"
+_CUT = (
+    "SELECT id, size, response FROM attempts WHERE id >= (SELECT cut_below FROM attempt_log)"
+    " AND length(CAST(response AS BLOB)) > ? ORDER BY id LIMIT ?"
+)
+
+
+def attempt_log_bytes(conn: sqlite3.Connection) -> int:
+    """What the attempt log costs on disk, kept up to date by triggers (no scan)."""
+    return conn.execute("SELECT bytes FROM attempt_log").fetchone()[0]
+
+
+def trim_attempts(conn: sqlite3.Connection, ceiling: int, limit: int) -> tuple[int, int]:
+    """Delete the oldest attempt rows, in trim order, until the log costs at most ``ceiling``.
+
+    Then, if still over, cut the oldest remaining responses to their prefix. At most
+    ``limit`` rows, so one call never holds the writer for long. Returns how many rows
+    went or were cut, and what the log costs now.
+    """
+    done, size = 0, attempt_log_bytes(conn)
+    for order in (1, 2):
+        excess = size - ceiling
+        if excess <= 0 or done >= limit:
+            return done, size
+        doomed = []
+        cur = conn.execute(_DOOMED, (order, limit - done))
+        for row_id, row_size in cur:
+            doomed.append((row_id,))
+            excess -= row_size
+            if excess <= 0:
+                break
+        cur.close()
+        conn.executemany("DELETE FROM attempts WHERE id = ?", doomed)
+        done, size = done + len(doomed), attempt_log_bytes(conn)
+    excess, cut = size - ceiling, []
+    if excess > 0 and done < limit:
+        cur = conn.execute(_CUT, (SUCCESS_RESPONSE_CAP, limit - done))
+        for row_id, row_size, response in cur:
+            head = prefix(response)
+            saved = len(response.encode()) - len(head.encode())
+            cut.append((head, row_size - saved, row_id))
+            excess -= saved
+            if excess <= 0:
+                break
+        cur.close()
+        conn.executemany("UPDATE attempts SET response = ?, size = ? WHERE id = ?", cut)
+        if cut:
+            conn.execute("UPDATE attempt_log SET cut_below = ?", (cut[-1][2] + 1,))
+        size = attempt_log_bytes(conn)
+    return done + len(cut), size
+
+
 # --------------------------------------------------------------------------- reads
 
 
 def pending_deliveries(
-    conn: sqlite3.Connection, webhook: str, after_seq: int, limit: int
-) -> tuple[Delivery, ...]:
-    """Up to ``limit`` pending deliveries of ``webhook`` with seq > ``after_seq``, oldest first."""
-    return tuple(
-        Delivery(seq, Payload(eid, etype, body), attempts, next_at)
-        for seq, eid, etype, body, attempts, next_at in conn.execute(
-            _PENDING_SQL, (webhook, after_seq, limit)
-        )
-    )
+    conn: sqlite3.Connection,
+    webhook: str,
+    after_seq: int,
+    limit: int,
+    max_bytes: int | None = None,
+    seqs: tuple[int, ...] = (),
+) -> tuple[tuple[Delivery, ...], int]:
+    """Pending deliveries of ``webhook``, oldest first, and the cost of the first left out.
+
+    Up to ``limit`` with seq > ``after_seq`` whose cost in memory (``delivery_cost``)
+    adds up to at most ``max_bytes``; or, with ``seqs``, exactly those still pending.
+    The second value is 0 unless ``max_bytes`` stopped the read.
+    """
+    if seqs:
+        rows = conn.execute(_PENDING_BY_SEQ_SQL.format(marks=",".join("?" * len(seqs))),
+                            (webhook, *seqs))  # fmt: skip
+    else:
+        rows = conn.execute(_PENDING_SQL, (webhook, after_seq, limit))
+    out: list[Delivery] = []
+    total = 0
+    for seq, eid, etype, body, attempts, next_at in rows:
+        d = Delivery(seq, Payload(eid, etype, body), attempts, next_at)
+        cost = delivery_cost(d)
+        if max_bytes is not None and total + cost > max_bytes:
+            return tuple(out), cost
+        total += cost
+        out.append(d)
+    return tuple(out), 0
 
 
 def attempts(conn: sqlite3.Connection, webhook: str, limit: int) -> list[dict[str, Any]]:
@@ -257,6 +422,25 @@ def attempts(conn: sqlite3.Connection, webhook: str, limit: int) -> list[dict[st
 def saved_states(conn: sqlite3.Connection) -> dict[str, WebhookState]:
     """Every webhook's persisted state, straight from the file."""
     return {row[0]: WebhookState(*row[1:]) for row in conn.execute("SELECT * FROM webhooks")}
+
+
+def one_webhook(conn: sqlite3.Connection, webhook: str) -> tuple[WebhookState, int, int, int]:
+    """What a rebuild starts from: the saved state, (pending, exhausted) counts, newest seq.
+
+    The newest event seq tells deliveries the rebuild has seen (they are counted or
+    in its queue head) from those committed after it.
+    """
+    row = conn.execute("SELECT * FROM webhooks WHERE name = ?", (webhook,)).fetchone()
+    counts = dict(
+        conn.execute(
+            "SELECT state, count(*) FROM deliveries WHERE webhook = ?"
+            " AND state IN ('pending', 'exhausted') GROUP BY state",
+            (webhook,),
+        ).fetchall()
+    )
+    (newest,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+    state = WebhookState(*row[1:]) if row else WebhookState()
+    return state, counts.get(PENDING, 0), counts.get(EXHAUSTED, 0), newest
 
 
 def unfinished(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:

@@ -11,11 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from router import RouterError, metrics
+from router import RouterError, journal, metrics, store
 from router.clock import Clock
 from router.journal import Journal, Restored
 from router.messages import (
@@ -33,7 +34,13 @@ from router.messages import (
     SaveState,
     WebhookState,
 )
-from router.store import attempts, unfinished
+from router.store import (
+    SUCCESS_RESPONSE_CAP,
+    attempt_log_bytes,
+    attempts,
+    saved_states,
+    unfinished,
+)
 
 DEADLINE = 5.0
 
@@ -240,7 +247,7 @@ def test_submit_after_stop_is_ignored_with_a_warning(make, caplog):
     j, rec = make()
     j.stop()
     j.submit(Append((accepted("late", "a"),)))
-    assert "stopped" in caplog.text
+    assert "journal is stopped; ignored Append" in caplog.text
     assert rec.commits == []
 
 
@@ -323,26 +330,19 @@ def test_a_repeated_outcome_for_a_done_delivery_is_harmless(make, clock):
     assert states(conn, "a")["e1"] == ("done", 1, None)
 
 
-def test_revive_returns_exhausted_deliveries_oldest_first_with_attempts_reset(make, clock):
+def test_revive_makes_exhausted_deliveries_pending_with_attempts_reset(make, clock):
     j, rec = make()
     seqs = append(j, rec, *(accepted(f"e{i}", "a") for i in range(1, 5)))
     for eid, state in (("e1", "exhausted"), ("e2", "pending"), ("e3", "exhausted")):
         s = seqs[eid]
         j.submit(Outcome("a", s, result(s, 5, clock.now, ok=False), state, clock.now + 60))
     loaded = ask(j, lambda reply: Revive("a", reply))
-    assert loaded == Loaded(
-        "a",
-        (
-            Delivery(seqs["e1"], accepted("e1").event.payload),
-            Delivery(seqs["e3"], accepted("e3").event.payload),
-        ),
-        0,
-        None,
-    )
+    assert loaded == Loaded("a", (), 0, None, revived=2)  # the bodies stay in the file
     conn = j.reader()
     assert states(conn, "a")["e1"] == ("pending", 0, None)
+    assert states(conn, "a")["e3"] == ("pending", 0, None)
     assert states(conn, "a")["e2"] == ("pending", 5, clock.now + 60)
-    assert ask(j, lambda reply: Revive("a", reply)).deliveries == ()
+    assert ask(j, lambda reply: Revive("a", reply)).revived == 0
 
 
 def test_revive_with_include_done_replays_done_deliveries_since(make, clock):
@@ -355,9 +355,12 @@ def test_revive_with_include_done_replays_done_deliveries_since(make, clock):
         j.submit(Outcome("a", seqs[eid], result(seqs[eid], 1, clock.now), state))
     j.submit(Outcome("b", seqs["other"], result(seqs["other"], 1, clock.now, webhook="b"), "done"))
     replay = ask(j, lambda reply: Revive("a", reply, since=t0 + 10, include_done=True))
-    assert [d.payload.id for d in replay.deliveries] == ["new", "failed"]
+    assert replay.revived == 2
+    assert {e: st[0] for e, st in states(j.reader(), "a").items()} == {
+        "old": "done", "new": "pending", "failed": "pending"}  # fmt: skip
     everything = ask(j, lambda reply: Revive("a", reply, include_done=True))
-    assert [d.payload.id for d in everything.deliveries] == ["old"]
+    assert everything.revived == 1
+    assert states(j.reader(), "a")["old"][0] == "pending"
     assert states(j.reader(), "b")["other"][0] == "done"
 
 
@@ -376,7 +379,7 @@ def test_cancel_cancels_pending_and_exhausted_deliveries_of_one_webhook(make, cl
         "e3": "done",
     }
     assert {v[0] for v in states(conn, "b").values()} == {"pending"}
-    assert "'a'" in caplog.text and " 2 " in caplog.text
+    assert "webhook 'a' cancelled: 2 unfinished deliveries cancelled" in caplog.text
 
 
 def test_load_pending_pages_by_after_seq_and_limit(make, clock):
@@ -478,6 +481,175 @@ def test_purge_removes_only_finished_events_older_than_retention(make, clock):
     assert append(j, rec, accepted("done", "a"))["done"] is not None
 
 
+# ----------------------------------------------------------------------- the attempt log on disk
+
+
+def answer(seq: int, number: int, at: float, ok: bool, body: str) -> AttemptResult:
+    return AttemptResult(
+        "a", seq, number, ok, 200 if ok else 500, None if ok else "HTTP 500", None, 0.01, body, at
+    )
+
+
+def tried(j: Journal, seq: int, *bodies: str, then: str, at: float) -> None:
+    """A failed attempt per body, the last leaving state ``then``; for "done", a 2xx after them."""
+    for number, body in enumerate(bodies, 1):
+        last = number == len(bodies) and then != "done"
+        state = then if last else "pending"
+        j.submit(Outcome("a", seq, answer(seq, number, at + number, False, body), state, at + 99))
+    if then == "done":
+        number = len(bodies) + 1
+        j.submit(Outcome("a", seq, answer(seq, number, at + number, True, "ok"), "done"))
+
+
+def kept(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+    """(event id, attempt number) of every attempt row, oldest row first."""
+    return rows(conn, "SELECT event_id, number FROM attempts ORDER BY id")
+
+
+def accounted(conn: sqlite3.Connection) -> int:
+    """The running count, checked against the rows themselves."""
+    size = attempt_log_bytes(conn)
+    assert size == rows(conn, "SELECT coalesce(sum(size), 0) FROM attempts")[0][0]
+    texts = "SELECT coalesce(sum(length(CAST(response AS BLOB))), 0) FROM attempts"
+    assert size >= rows(conn, texts)[0][0]
+    return size
+
+
+def test_a_success_keeps_a_prefix_of_its_response_and_a_failure_all_of_it(make, clock):
+    j, rec = make()
+    seq = append(j, rec, accepted("e1", "a"))["e1"]
+    failure = "f" * 65536
+    j.submit(Outcome("a", seq, answer(seq, 1, clock.now, False, failure), "pending", clock.now))
+    success = "x" + "é" * 600  # 1201 bytes: the cut at 1024 falls inside a character
+    j.submit(Outcome("a", seq, answer(seq, 2, clock.now + 1, True, success), "done"))
+    conn = j.reader()
+    wait_until(lambda: len(attempts(conn, "a", 10)) == 2)
+    second, first = attempts(conn, "a", 10)
+    assert second["response"] == "x" + "é" * 511
+    assert len(second["response"].encode()) <= SUCCESS_RESPONSE_CAP
+    assert first["response"] == failure
+
+
+def test_over_its_ceiling_the_attempt_log_loses_the_oldest_attempts_of_finished_deliveries(
+    make, clock, caplog
+):
+    j, rec = make(attempt_log_max=300_000)
+    seqs = append(j, rec, accepted("held", "a"), *(accepted(f"e{i}", "a") for i in range(12)))
+    tried(j, seqs["held"], "h" * 50_000, "h" * 50_000, then="exhausted", at=clock.now)
+    for i in range(12):  # each done after a failure: every row younger than the held ones
+        tried(j, seqs[f"e{i}"], "f" * 50_000, then="done", at=clock.now + 10 + i)
+    conn = j.reader()
+    with caplog.at_level(logging.INFO, logger="router.journal"):
+        wait_until(lambda: states(conn, "a")["e11"][0] == "done")
+    assert accounted(conn) <= 300_000
+    log_ = kept(conn)
+    assert log_[:2] == [("held", 1), ("held", 2)]  # unfinished: kept though oldest
+    every_done = [(f"e{i}", n) for i in range(12) for n in (1, 2)]
+    assert 0 < len(log_[2:]) < len(every_done)
+    assert log_[2:] == every_done[-len(log_[2:]) :]  # the newest survived, the oldest went
+    assert "attempt log at its ceiling of 300000 bytes" in caplog.text
+
+
+def test_past_finished_ones_the_newest_attempt_of_each_unfinished_delivery_stays_cut_short(
+    make, clock, caplog
+):
+    j, rec = make(attempt_log_max=60_000)
+    seqs = append(j, rec, accepted("held", "a"), accepted("done", "a"), accepted("retry", "a"))
+    tried(j, seqs["held"], "1" * 50_000, "2" * 50_000, "3" * 50_000, then="exhausted", at=0)
+    tried(j, seqs["done"], "d" * 50_000, then="done", at=clock.now)
+    tried(j, seqs["retry"], "r" * 50_000, then="pending", at=clock.now)
+    conn = j.reader()
+    wait_until(lambda: states(conn, "a")["retry"][1] == 1)
+    assert kept(conn) == [("held", 3), ("retry", 1)]  # each still says why it failed
+    assert accounted(conn) <= 60_000
+    responses = [a["response"] for a in attempts(conn, "a", 10)]
+    assert responses == ["r" * 50_000, "3" * SUCCESS_RESPONSE_CAP]  # the older one cut first
+
+    with caplog.at_level(logging.WARNING, logger="router.journal"):
+        j.attempt_log_max = 1_500  # less than their prefixes: nothing more can go
+        j.submit(SaveState("a", WebhookState()))
+        wait_until(lambda: "over its ceiling" in caplog.text)
+    assert kept(conn) == [("held", 3), ("retry", 1)]
+    assert [a["response"] for a in attempts(conn, "a", 10)] == [
+        "r" * SUCCESS_RESPONSE_CAP,
+        "3" * SUCCESS_RESPONSE_CAP,
+    ]
+    (over,) = [r.getMessage() for r in caplog.records if "over its ceiling" in r.getMessage()]
+    assert "only a prefix of the newest attempt of each unfinished delivery is left" in over
+
+
+def test_the_attempts_of_a_cancelled_delivery_go_before_older_ones_of_a_held_delivery(make, clock):
+    j, rec = make()
+    seqs = append(j, rec, accepted("held", "a"), accepted("gone", "b"))
+    tried(j, seqs["held"], "1" * 50_000, "2" * 50_000, then="exhausted", at=clock.now)
+    j.submit(Outcome("b", seqs["gone"], replace(answer(seqs["gone"], 1, clock.now + 5, False,
+                     "g" * 50_000), webhook="b"), "pending", clock.now + 99))  # fmt: skip
+    j.submit(Cancel("b"))
+    conn = j.reader()
+    wait_until(lambda: len(kept(conn)) == 3 and states(conn, "b")["gone"][0] == "cancelled")
+    j.attempt_log_max = accounted(conn) - 1  # one row must go: the cancelled one, the newest
+    j.submit(SaveState("a", WebhookState()))
+    wait_until(lambda: len(kept(conn)) == 2)
+    assert kept(conn) == [("held", 1), ("held", 2)]
+
+
+def test_a_log_far_over_its_ceiling_is_purged_chunk_by_chunk_without_waiting(
+    make, clock, monkeypatch
+):
+    monkeypatch.setattr(journal, "TRIM_CHUNK", 2)  # rows per write transaction
+    monkeypatch.setattr(journal, "PURGE_CHUNK", 2)  # rows per purge transaction
+    j, rec = make()
+    seqs = append(j, rec, *(accepted(f"e{i}", "a") for i in range(10)))
+    for i in range(10):
+        tried(j, seqs[f"e{i}"], "f" * 10_000, then="done", at=clock.now)
+    conn = j.reader()
+    wait_until(lambda: len(kept(conn)) == 20)
+    j.attempt_log_max = 30_000  # as a reload sets it
+    j.submit(SaveState("a", WebhookState()))  # one transaction: 2 rows, then purges at once
+    wait_until(lambda: attempt_log_bytes(conn) <= 30_000)  # the fake clock never advances
+    assert kept(conn)[-1] == ("e9", 2)
+
+
+def test_a_version_1_journal_is_upgraded_on_open_and_keeps_everything(tmp_path, clock):
+    path = tmp_path / "journal.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.executescript(store._UPGRADES[1])  # the schema version 1 made
+    old.execute("INSERT INTO events VALUES (1, 'e1', 'T', 5.0, '{\"id\":\"e1\"')")
+    old.execute("INSERT INTO deliveries VALUES (1, 'a', 'pending', 1, 9.0)")
+    old.execute(
+        "INSERT INTO attempts (webhook, seq, event_id, number, at, status, error, latency_ms,"
+        " response) VALUES ('a', 1, 'e1', 1, 6.0, 500, 'HTTP 500', 3.0, 'boom')"
+    )
+    old.execute("INSERT INTO events VALUES (2, 'e2', 'T', 5.0, '{\"id\":\"e2\"')")
+    old.execute("INSERT INTO deliveries VALUES (2, 'a', 'done', 1, NULL)")
+    old.execute(
+        "INSERT INTO attempts (webhook, seq, event_id, number, at, status, error, latency_ms,"
+        " response) VALUES ('a', 2, 'e2', 1, 8.0, 200, NULL, 3.0, 'fine')"
+    )
+    old.close()
+    j = Journal(str(path), clock, 3600, lambda b: None, lambda a, r: None)
+    j.open()
+    restored = j.load(["a"], limit=10)["a"]
+    assert [(d.seq, d.attempts, d.next_at) for d in restored.pending] == [(1, 1, 9.0)]
+    j.start()
+    try:
+        conn = j.reader()
+        assert rows(conn, "PRAGMA user_version") == [(store.SCHEMA_VERSION,)]
+        assert [(a["status"], a["error"], a["response"]) for a in attempts(conn, "a", 10)] == [
+            (200, None, "fine"),
+            (500, "HTTP 500", "boom"),
+        ]
+        failed = store.ROW_COST + len("HTTP 500") + len("boom") + len("e1")
+        assert accounted(conn) == failed + store.ROW_COST + len("fine") + len("e2")
+        j.attempt_log_max = 2 * failed + 1  # room for e1's two attempts ("again" is 1 longer)
+        j.submit(Outcome("a", 1, answer(1, 2, 7.0, False, "again"), "pending", 20.0))
+        wait_until(lambda: states(conn, "a")["e1"][1] == 2)
+        assert kept(conn) == [("e1", 1), ("e1", 2)]  # the done one went, though the newer row
+        assert accounted(conn) == 2 * failed + 1
+    finally:
+        j.stop()
+
+
 # --------------------------------------------------------------------------- failures
 
 
@@ -515,7 +687,7 @@ def test_an_outcome_in_a_failed_transaction_is_retried_until_it_is_written(make,
     clock.advance(10)  # past the retry backoff
     j.submit(SaveState("a", WebhookState()))  # wakes the writer
     wait_until(lambda: states(conn, "a")["e1"][0] == "done")
-    assert attempts(conn, "a", 10)[0]["response"] == "z" * 100_000
+    assert attempts(conn, "a", 10)[0]["response"] == "z" * SUCCESS_RESPONSE_CAP
 
 
 def test_a_raising_callback_does_not_kill_the_writer(tmp_path, clock):
@@ -555,3 +727,66 @@ def test_a_malformed_message_spoils_only_itself(make, clock, caplog):
     assert rec.errors[0][0] is bad
     assert {eid for (eid,) in rows(j.reader(), "SELECT id FROM events")} == {"good"}
     assert "bogus-state" in caplog.text
+
+
+def failed_outcomes(tmp_path, clock, make, count: int) -> Journal:
+    """``count`` failed Outcomes (64 KiB responses each) and a SaveState in ONE failed transaction.
+
+    The events are journaled first; then a second journal on the same file, capped at
+    its size, gets every message before its thread starts, so they meet one full disk.
+    """
+    first, rec = make()
+    seqs = append(first, rec, *(accepted(f"e{i}", "a") for i in range(count)))
+    first.stop()
+    j, _ = make(start=False, max_pages=1)
+    for i in range(count):
+        s = seqs[f"e{i}"]
+        body = chr(ord("a") + i) * 65536
+        j.submit(Outcome("a", s, answer(s, 1, clock.now + i, False, body), "pending", 99.0))
+    j.submit(SaveState("a", WebhookState("failing", None, count)))
+    errors = metrics.REGISTRY.get_sample_value("journal_errors_total")
+    j.start()
+    wait_until(lambda: metrics.REGISTRY.get_sample_value("journal_errors_total") == errors + 1)
+    j.set_max_pages(None)
+    clock.advance(10)  # past the retry backoff
+    j.submit(SaveState("b", WebhookState()))  # wakes the writer
+    conn = j.reader()
+    wait_until(lambda: rows(conn, "SELECT count(*) FROM webhooks") == [(2,)])
+    return j
+
+
+def test_past_its_byte_bound_the_backlog_first_drops_the_oldest_responses(
+    tmp_path, clock, make, monkeypatch, caplog
+):
+    bound = 4 * 70_000
+    monkeypatch.setattr(journal, "MAX_BACKLOG_BYTES", bound)
+    j = failed_outcomes(tmp_path, clock, make, 8)
+    conn = j.reader()
+    assert {eid: s[:2] for eid, s in states(conn, "a").items()} == {
+        f"e{i}": ("pending", 1) for i in range(8)
+    }  # every state change was kept
+    responses = [a["response"] for a in reversed(attempts(conn, "a", 10))]
+    stripped = responses.index(next(r for r in responses if r))
+    assert 0 < stripped < 8
+    assert responses[:stripped] == [""] * stripped  # the oldest lost their text
+    assert responses[stripped:] == [chr(ord("a") + i) * 65536 for i in range(stripped, 8)]
+    assert sum(map(len, responses)) <= bound
+    assert f"dropped the response text of the {stripped} oldest outcomes" in caplog.text
+    assert saved_states(conn)["a"] == WebhookState("failing", None, 8)
+
+
+def test_past_its_byte_bound_even_without_responses_the_oldest_outcomes_go(
+    tmp_path, clock, make, monkeypatch, caplog
+):
+    monkeypatch.setattr(journal, "MAX_BACKLOG_BYTES", 2_000)  # a few bare messages
+    j = failed_outcomes(tmp_path, clock, make, 8)
+    conn = j.reader()
+    written = [eid for eid, (state, n, _) in sorted(states(conn, "a").items()) if n == 1]
+    assert 0 < len(written) < 8
+    assert written == [f"e{i}" for i in range(8 - len(written), 8)]  # the newest were kept
+    assert {s[:2] for eid, s in states(conn, "a").items() if eid not in written} == {
+        ("pending", 0)
+    }  # the others stay pending: they are sent again
+    assert {a["response"] for a in attempts(conn, "a", 10)} == {""}
+    assert f"dropped the {8 - len(written)} oldest outcomes" in caplog.text
+    assert saved_states(conn)["a"] == WebhookState("failing", None, 8)  # states are kept
