@@ -83,6 +83,9 @@ class Delivery:
     payload: Payload
     attempts: int = 0
     next_at: float | None = None
+    # Set while the body is let go to save memory (a retry due much later): its size in
+    # bytes. The body is in the journal and is read back when the attempt is due.
+    stored_body: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,8 @@ class SaveState:
 class LoadPending:
     """Read up to ``limit`` pending deliveries of ``webhook`` with seq > ``after_seq``.
 
+    They cost at most ``max_bytes`` in memory (``budget.delivery_cost``; None: no
+    bound). With ``seqs``, read exactly those (bodies for retries that are due).
     The journal calls ``reply(Loaded(...))`` from its own thread.
     """
 
@@ -172,6 +177,8 @@ class LoadPending:
     after_seq: int
     limit: int
     reply: Callable[[Any], None]
+    max_bytes: int | None = None
+    seqs: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +186,7 @@ class Revive:
     """Turn ``webhook``'s exhausted deliveries back into pending ones (attempts reset).
 
     With ``since`` (epoch seconds) or ``include_done``, this is a replay: deliveries
-    already done are sent again too. Replies ``Loaded`` with the revived deliveries.
+    already done are sent again too. Replies ``Loaded`` with how many were revived.
     """
 
     webhook: str
@@ -189,13 +196,30 @@ class Revive:
 
 
 @dataclass(frozen=True, slots=True)
+class Rebuild:
+    """Read back what the journal holds for ``webhook``, as ``Journal.load`` does at start.
+
+    Answered on the journal's thread, so after every write submitted before it:
+    ``reply(restored, newest_seq)`` with a ``journal.Restored`` (state, the first
+    ``limit`` pending deliveries, the counts) and the newest event seq it has seen.
+    """
+
+    webhook: str
+    limit: int
+    reply: Callable[[Any, int], None]
+
+
+@dataclass(frozen=True, slots=True)
 class Loaded:
     """Deliveries read back from the journal, oldest first."""
 
     webhook: str
     deliveries: tuple[Delivery, ...]
     after_seq: int
-    limit: int | None  # None: everything was returned (Revive)
+    limit: int | None  # None: the answer to a Revive
+    wanted: int = 0  # the cost of the next delivery, which did not fit in max_bytes
+    seqs: tuple[int, ...] = ()  # the seqs asked for, when LoadPending named them
+    revived: int = 0  # how many deliveries a Revive made pending again
 
 
 @dataclass(frozen=True, slots=True)

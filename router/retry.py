@@ -28,7 +28,8 @@ class RetryAt:
 
 @dataclass(frozen=True, slots=True)
 class GiveUp:
-    """No more attempts: ``exhausted`` (attempts used up) or ``gone`` (HTTP 410)."""
+    """No more attempts: ``exhausted`` (attempts used up), ``gone`` (HTTP 410), or
+    ``undeliverable`` (the router itself could not send it: the webhook stays enabled)."""
 
     reason: str
 
@@ -47,6 +48,10 @@ def decide(retry: RetryConfig, result: AttemptResult, now: float, rand: float) -
     """What to do after one attempt of a delivery."""
     if result.ok:
         return Done()
+    if result.router_fault:  # ours, not the endpoint's: retried, never a reason to disable
+        if result.number >= retry.attempts:
+            return GiveUp("undeliverable")
+        return RetryAt(now + backoff_delay(retry, result.number, rand))
     if result.status == 410:
         return GiveUp("gone")
     if result.number >= retry.attempts:

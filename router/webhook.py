@@ -4,9 +4,13 @@
 and counters. Each input returns *effects* (send an attempt, write to the journal,
 wake me at T, load more from the journal) that the supervisor actor executes.
 
-Memory is bounded: at most ``QUEUE_LIMIT`` deliveries are held in memory; beyond
-that the journal holds them ("spilled") and they are loaded back in seq order as
-the queue drains.
+Memory is bounded by bytes: what a webhook holds in memory (the head of its queue,
+its waiting retries, its attempts in flight) is at most ``QUEUE_LIMIT`` deliveries
+and ``QUEUE_BYTES`` (or one delivery, if that alone is bigger), all of it taken from
+the budget every webhook shares (router.budget). Beyond that the journal holds the
+deliveries ("spilled") and they are loaded back in seq order as the queue drains. A
+retry due later than ``RETRY_HORIZON`` lets go of its body until it is due, and a
+disabled webhook lets go of its whole queue: the journal has it all.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import heapq
 import logging
 import random
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -21,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from router import metrics, retry
+from router.budget import UNLIMITED, Budget, delivery_cost
 from router.clock import iso
 from router.config import WebhookConfig
 from router.messages import (
@@ -39,8 +45,13 @@ from router.messages import (
 
 log = logging.getLogger(__name__)
 
-QUEUE_LIMIT = 10_000
+QUEUE_LIMIT = 1_000  # deliveries one webhook holds in memory
+QUEUE_BYTES = 4 * 1024 * 1024  # what they may cost, beyond one delivery
+RETRY_HORIZON = 2.0  # seconds: a retry due later waits without its body
+BUDGET_RETRY = 0.25  # seconds before asking the shared budget again after a refusal
+LOAD_LEAST = 64 * 1024  # the smallest reservation worth a load from the journal
 HEALTH_CHECK = "WEBHOOK_HEALTH_CHECK"
+PROBE_LIFTS = ("exhausted", "gone")  # why a webhook was disabled that a probe may undo
 
 # --------------------------------------------------------------------------- effects
 
@@ -62,11 +73,17 @@ class WakeAt:
 
 @dataclass(frozen=True, slots=True)
 class Load:
-    """Ask the journal for up to ``limit`` pending deliveries after ``after_seq``."""
+    """Ask the journal for up to ``limit`` pending deliveries after ``after_seq``.
+
+    At most ``max_bytes`` of them (what the core reserved); with ``seqs``, the bodies
+    of exactly these deliveries (retries now due).
+    """
 
     generation: int
     after_seq: int
     limit: int
+    max_bytes: int | None = None
+    seqs: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +118,12 @@ class WebhookCore:
         budget: Any = None,
     ):
         self.config = config
-        self.budget = budget  # the memory budget shared by every webhook's queue (None: none)
+        # The memory budget every webhook's queue shares; None: one of its own, unlimited.
+        self.budget: Budget = budget if budget is not None else Budget(UNLIMITED)
+        self.held_bytes = 0  # taken from the budget for deliveries in memory
+        self.reserved: dict[int, int] = {}  # bytes taken for a load in flight, per generation
+        self.fetching: dict[int, int] = {}  # seq -> bytes taken for a due retry's body
+        self.next_cost = 0  # what the next delivery in the journal costs, if it did not fit
         self.state = restored.state
         self.new_id = new_id
         self.rand = rand
@@ -118,13 +140,16 @@ class WebhookCore:
         self.draining = False
         self.probe: dict | None = None  # the health check in flight, if any
         self.probe_waiters: list[Callable[[dict], None]] = []
+        self.probe_at: float | None = None  # when the next automatic health check is due
         self.tokens = float(config.rate_limit.count) if config.rate_limit else 0.0
         self.tokens_at = now
         self.wake_at: float | None = None
         self.idle_since: float | None = None  # kept by the supervisor, for retiring
         self.latencies: deque[float] = deque(maxlen=1024)
         for d in restored.pending:
-            self._hold(d)
+            if not self._admit(d, now):
+                self.spilled = True
+                break
         self.replay_waiter: Callable[[dict], None] | None = None
         if not config.enabled and self.state.state != "disabled":
             self.state = retry.disabled(self.state, "config")
@@ -136,33 +161,63 @@ class WebhookCore:
     def enqueue(self, deliveries: tuple[Delivery, ...], now: float) -> list:
         self.pending_total += len(deliveries)
         for d in deliveries:
-            if self.spilled or len(self.ready) >= self.queue_limit:
-                self.spilled = True
+            if self.spilled or not self._admit(d, now):
+                self.spilled = True  # from here on, in seq order, the journal holds them
                 self.max_spilled = max(self.max_spilled, d.seq)
-            else:
-                self.ready.append(d)
-                self.high = max(self.high, d.seq)
         return self.pump(now)
 
     def loaded(self, generation: int, loaded: Loaded, now: float) -> list:
+        if loaded.seqs:
+            return self._fetched(loaded, now)
+        reserved = self.reserved.pop(generation, 0)
         if generation != self.generation:
+            self.budget.give(reserved)
             return []  # answers a load from before a resync
         self.loading = False
         busy = self.in_flight.keys() | {d.seq for _, _, d in self.waiting}
         for d in loaded.deliveries:
             if d.seq > self.high and d.seq not in busy:
+                d = self._lean(d, now)
+                reserved -= self._charge(d)
                 self._hold(d)
+        self.budget.give(max(0, reserved))
         if loaded.deliveries:
             self.high = max(self.high, loaded.deliveries[-1].seq)
-        if len(loaded.deliveries) < (loaded.limit or 0) and self.max_spilled <= self.high:
+        self.next_cost = loaded.wanted
+        complete = not loaded.wanted and len(loaded.deliveries) < (loaded.limit or 0)
+        if complete and self.max_spilled <= self.high:
             self.spilled = False
         return self.pump(now)
+
+    def _fetched(self, loaded: Loaded, now: float) -> list:
+        """Bodies of due retries are back: send those still pending, forget the others."""
+        found = {d.seq: d for d in loaded.deliveries}
+        effects: list = []
+        for seq in loaded.seqs:
+            taken = self.fetching.pop(seq, 0)
+            d = self.in_flight.get(seq)
+            if d is None or d.stored_body is None:
+                self.budget.give(taken)
+                continue
+            row = found.get(seq)
+            if row is None:  # no longer pending (cancelled meanwhile): nothing to send
+                del self.in_flight[seq]
+                self.pending_total -= 1
+                self.held_bytes -= delivery_cost(d)
+                self.budget.give(taken + delivery_cost(d))
+                continue
+            full = replace(d, payload=row.payload, stored_body=None)
+            self.held_bytes += delivery_cost(full) - delivery_cost(d)
+            self.budget.give(taken - (delivery_cost(full) - delivery_cost(d)))
+            self.in_flight[seq] = full
+            effects.append(Send(Attempt(self.config, seq, full.payload, full.attempts + 1)))
+        return effects + self.pump(now)
 
     def revived(self, generation: int, loaded: Loaded, now: float) -> list:
         """Exhausted (or replayed) deliveries are pending again: reload the queue in seq order."""
         if generation != self.generation:
             return []
-        n = len(loaded.deliveries)
+        n = loaded.revived
         self.pending_total += n
         log.info("webhook %s: %d deliveries queued again", self.config.name, n)
         if self.replay_waiter is not None:
@@ -180,48 +235,52 @@ class WebhookCore:
         metrics.ATTEMPTS.labels(self.config.name, "ok" if r.ok else "failed").inc()
         metrics.ATTEMPT_LATENCY.observe(r.latency)
         effects: list = []
+        name = self.config.name
         decision = retry.decide(self.config.retry, r, now, self.rand())
         if isinstance(decision, retry.Done):
+            self._release(d)
             self.pending_total -= 1
             self.state = retry.succeeded(self.state, now)
-            metrics.DELIVERIES.labels(self.config.name, "delivered").inc()
-            effects.append(Record(Outcome(self.config.name, r.seq, r, DONE)))
+            metrics.DELIVERIES.labels(name, "delivered").inc()
+            effects.append(Record(Outcome(name, r.seq, r, DONE)))
         elif isinstance(decision, retry.RetryAt):
-            self.state = retry.failed_attempt(self.state, r.error or "failed")
-            held = replace(d, attempts=r.number, next_at=decision.at)
-            heapq.heappush(self.waiting, (decision.at, held.seq, held))
-            effects.append(Record(Outcome(self.config.name, r.seq, r, PENDING, decision.at)))
+            self.state = self._failed(r)
+            self._wait(replace(d, attempts=r.number, next_at=decision.at), d, now)
+            effects.append(Record(Outcome(name, r.seq, r, PENDING, decision.at)))
             log.info(
                 "webhook %s: event %s attempt %d failed (%s); retry at %s",
-                self.config.name,
-                d.payload.id,
-                r.number,
-                r.error,
-                iso(decision.at),
-            )
+                name, d.payload.id, r.number, r.error, iso(decision.at),
+            )  # fmt: skip
         else:
+            self._release(d)
             self.pending_total -= 1
-            self.state = retry.gave_up(
-                retry.failed_attempt(self.state, r.error or "failed"), decision.reason
-            )
-            metrics.DELIVERIES.labels(self.config.name, "exhausted").inc()
-            effects.append(Record(Outcome(self.config.name, r.seq, r, EXHAUSTED)))
-            why = (
-                "endpoint answered 410 Gone"
-                if decision.reason == "gone"
-                else (f"{r.number} attempts failed")
-            )
-            log.warning(
-                "webhook %s disabled: event %s %s (last error: %s); new events are held",
-                self.config.name,
-                d.payload.id,
-                why,
-                r.error,
-            )
-            if self.config.health.probe_interval:
-                effects.append(WakeAt(now + self.config.health.probe_interval))
-        effects.append(Record(SaveState(self.config.name, self.state)))
+            metrics.DELIVERIES.labels(name, "exhausted").inc()
+            effects.append(Record(Outcome(name, r.seq, r, EXHAUSTED)))
+            if decision.reason == "undeliverable":
+                self.state = replace(self._failed(r), failed=self.state.failed + 1)
+                log.error(
+                    "webhook %s: event %s could not be sent after %d attempts (%s): the router's "
+                    "fault, not the endpoint's; the webhook stays enabled and the delivery is "
+                    "kept (replay --failed sends it again)",
+                    name, d.payload.id, r.number, r.error,
+                )  # fmt: skip
+            else:
+                self.state = retry.gave_up(self._failed(r), decision.reason)
+                why = "endpoint answered 410 Gone" if decision.reason == "gone" else (
+                    f"{r.number} attempts failed")  # fmt: skip
+                log.warning(
+                    "webhook %s disabled: event %s %s (last error: %s); new events are held",
+                    name, d.payload.id, why, r.error,
+                )  # fmt: skip
+                effects += self.schedule_probe(now)
+        effects.append(Record(SaveState(name, self.state)))
         return effects + self.pump(now)
+
+    def _failed(self, r: AttemptResult) -> WebhookState:
+        """The state after a failed attempt: the router's own faults leave health alone."""
+        if r.router_fault:
+            return replace(self.state, last_error=r.error)
+        return retry.failed_attempt(self.state, r.error or "failed")
 
     def enable(self, now: float, waiter: Callable[[dict], None] | None) -> list:
         if self.state.state != "disabled":
@@ -235,8 +294,12 @@ class WebhookCore:
         return self._send_probe(now)
 
     def disable(self) -> list:
+        """Disable by hand. A health check still in flight can no longer enable it."""
         self.state = retry.disabled(self.state, "manual")
         log.warning("webhook %s disabled by the operator; new events are held", self.config.name)
+        waiters, self.probe_waiters = self.probe_waiters, []
+        for w in waiters:  # an enable still waiting for its health check: the disable wins
+            w(self.answer(False, "disabled by the operator before the health check answered"))
         return [Record(SaveState(self.config.name, self.state))]
 
     def replay(
@@ -254,20 +317,19 @@ class WebhookCore:
         if config.rate_limit != old.rate_limit:
             self.tokens = float(config.rate_limit.count) if config.rate_limit else 0.0
         log.info("webhook %s: new settings applied (queue and health kept)", config.name)
-        return [Record(SaveState(config.name, self.state)), *self.pump(now)]
+        probe = self.schedule_probe(now)  # probe_interval added to a webhook already disabled
+        return [Record(SaveState(config.name, self.state)), *probe, *self.pump(now)]
 
     def tick(self, now: float) -> list:
         if self.wake_at is not None and self.wake_at <= now:
             self.wake_at = None
         effects = []
-        if (
-            self.state.state == "disabled"
-            and self.state.disabled_reason in ("exhausted", "gone")
-            and self.config.health.probe_interval
-            and self.probe is None
-            and not self.draining
-        ):
-            effects += self._send_probe(now)
+        if self._probe_wanted() and self.probe is None:
+            if self.probe_at is not None and self.probe_at <= now:
+                self.probe_at = None
+                effects += self._send_probe(now)
+            else:
+                effects += self.schedule_probe(now)  # none pending (a no-op when one is)
         return effects + self.pump(now)
 
     # ------------------------------------------------------------------ dispatch
@@ -277,20 +339,54 @@ class WebhookCore:
         effects: list = []
         if self.draining:
             return effects
-        if self.state.state != "disabled":
-            limit = 1 if self.config.ordered else self.config.max_in_flight
-            while len(self.in_flight) < limit:
-                d = self._next_due(now, effects)
-                if d is None or not self._take_token(now, effects):
-                    if d is not None:
-                        self._hold(d)
+        if self.state.state == "disabled":
+            if self.ready or self.waiting:
+                self._let_go()
+            return effects
+        limit = 1 if self.config.ordered else self.config.max_in_flight
+        fetch: list[int] = []
+        while len(self.in_flight) < limit:
+            d = self._next_due(now, effects)
+            if d is None:
+                break
+            body = 0
+            if d.stored_body is not None:  # a retry without its body: read it back first
+                body = self.budget.take(d.stored_body)
+                if not body:
+                    self._hold(d)
+                    self._wake(now + BUDGET_RETRY, effects)
                     break
-                self.in_flight[d.seq] = d
+            if not self._take_token(now, effects):
+                self.budget.give(body)
+                self._hold(d)
+                break
+            self.in_flight[d.seq] = d
+            if d.stored_body is not None:
+                self.fetching[d.seq] = body
+                fetch.append(d.seq)
+            else:
                 effects.append(Send(Attempt(self.config, d.seq, d.payload, d.attempts + 1)))
-        if self.spilled and not self.loading and len(self.ready) < self.queue_limit // 2:
-            self.loading = True
-            effects.append(Load(self.generation, self.high, self.queue_limit - len(self.ready)))
+        if fetch:
+            effects.append(Load(self.generation, 0, len(fetch), seqs=tuple(fetch)))
+        self._load_more(now, effects)
         return effects
+
+    def _load_more(self, now: float, effects: list) -> None:
+        """Refill the queue from the journal once half of it is free, within the budget."""
+        held = self.held()
+        room = QUEUE_BYTES - self.held_bytes
+        if not self.spilled or self.loading or held >= self.queue_limit // 2:
+            return
+        if held and room < QUEUE_BYTES // 2:
+            return
+        want = max(room, self.next_cost)
+        taken = self.budget.take(want, self.next_cost or min(want, LOAD_LEAST))
+        if not taken:  # the shared budget is spent: the journal keeps them a while longer
+            self._wake(now + BUDGET_RETRY, effects)
+            return
+        self.loading = True
+        self.reserved[self.generation] = self.reserved.get(self.generation, 0) + taken
+        effects.append(Load(self.generation, self.high, self.queue_limit - held, taken))
 
     def _next_due(self, now: float, effects: list) -> Delivery | None:
         retry_head = self.waiting[0] if self.waiting else None
@@ -307,6 +403,75 @@ class WebhookCore:
         if retry_head:
             self._wake(retry_head[0], effects)
         return self.ready.popleft() if self.ready else None
+
+    # ------------------------------------------------------------------ memory
+
+    def held(self) -> int:
+        """Deliveries in memory: the queue head, waiting retries, attempts in flight."""
+        return len(self.ready) + len(self.waiting) + len(self.in_flight)
+
+    def _admit(self, d: Delivery, now: float) -> bool:
+        """Hold ``d`` in memory if this webhook's caps and the shared budget allow it."""
+        if self.state.state == "disabled" or self.held() >= self.queue_limit:
+            return False
+        d = self._lean(d, now)
+        cost = delivery_cost(d)
+        if self.held() and self.held_bytes + cost > QUEUE_BYTES:
+            return False
+        if not self.budget.take(cost):
+            return False
+        self.held_bytes += cost
+        self._hold(d)
+        return True
+
+    def _charge(self, d: Delivery) -> int:
+        """Count ``d`` as held, its bytes already taken from the budget; returns them."""
+        cost = delivery_cost(d)
+        self.held_bytes += cost
+        return cost
+
+    def _release(self, d: Delivery) -> None:
+        """``d`` leaves memory: give its bytes back."""
+        cost = delivery_cost(d)
+        self.held_bytes -= cost
+        self.budget.give(cost)
+
+    @staticmethod
+    def _lean(d: Delivery, now: float) -> Delivery:
+        """A retry due later than the horizon waits without its body (the journal has it)."""
+        if d.stored_body is None and d.next_at is not None and d.next_at - now > RETRY_HORIZON:
+            size = sys.getsizeof(d.payload.body)
+            return replace(d, payload=Payload(d.payload.id, d.payload.type, ""), stored_body=size)
+        return d
+
+    def _wait(self, held: Delivery, was: Delivery, now: float) -> None:
+        """Put a failed attempt's delivery among the waiting retries (or back to the journal)."""
+        if self.state.state == "disabled":  # disabled meanwhile: the journal holds it
+            self._release(was)
+            self.spilled = True
+            return
+        held = self._lean(held, now)
+        saved = delivery_cost(was) - delivery_cost(held)
+        self.held_bytes -= saved
+        self.budget.give(saved)
+        heapq.heappush(self.waiting, (held.next_at, held.seq, held))
+
+    def _let_go(self) -> None:
+        """Disabled: drop the queue and the waiting retries from memory; the journal has them."""
+        for _, _, d in self.waiting:
+            self._release(d)
+        self.waiting.clear()
+        self._forget_queue()
+
+    def discard(self) -> None:
+        """This core is being replaced (a rebuild from the journal): give back its memory."""
+        taken = self.held_bytes + sum(self.reserved.values()) + sum(self.fetching.values())
+        self.budget.give(taken)
+        self.held_bytes = 0
+        self.reserved.clear()
+        self.fetching.clear()
+
+    # ------------------------------------------------------------------ dispatch helpers
 
     def _hold(self, d: Delivery) -> None:
         """Put a delivery back (or in) where it waits: the retry heap or the ready queue."""
@@ -339,6 +504,8 @@ class WebhookCore:
     def _forget_queue(self) -> None:
         """Drop the in-memory queue; the journal holds it and loads refill it oldest first."""
         self.generation += 1
+        for d in self.ready:
+            self._release(d)
         self.ready.clear()
         self.high = 0
         self.spilled = True
@@ -368,35 +535,61 @@ class WebhookCore:
         log.info("webhook %s: sending health check %s", self.config.name, pid)
         return [Send(Attempt(self.config, 0, Payload(pid, HEALTH_CHECK, body), 1))]
 
+    def schedule_probe(self, now: float) -> list:
+        """Ask to be woken for the next automatic health check, if one is wanted.
+
+        One wake-up at a time, so that a restart, a reload and a failed check never
+        stack up probes; only a shorter ``probe_interval`` brings the one pending forward.
+        """
+        if not self._probe_wanted() or self.probe is not None:
+            return []
+        at = now + self.config.health.probe_interval
+        if self.probe_at is not None and now <= self.probe_at <= at:
+            return []  # one is pending (one in the past is stale: enabled since, say)
+        self.probe_at = at
+        return [WakeAt(at)]
+
+    def _probe_wanted(self) -> bool:
+        """Disabled by failures with ``probe_interval`` set: probes may bring it back."""
+        return (
+            self.state.state == "disabled"
+            and self.state.disabled_reason in PROBE_LIFTS
+            and bool(self.config.health.probe_interval)
+            and not self.draining
+        )
+
     def _probe_result(self, r: AttemptResult, now: float) -> list:
         self.probe = None
         effects: list = []
-        if r.ok and self.state.state == "disabled":
-            self.state = retry.enabled(replace(self.state, last_success=now))
-            log.info(
-                "webhook %s: health check passed; enabled, flushing held deliveries",
-                self.config.name,
-            )
-            effects.append(self._requeue())
-            effects.append(Record(SaveState(self.config.name, self.state)))
-            answer = self.answer(True, "health check passed")
-        else:
+        name, reason = self.config.name, self.state.disabled_reason
+        if not r.ok:
             error = r.error or "failed"
             self.state = replace(self.state, last_error=f"health check: {error}")
-            log.warning(
-                "webhook %s: health check failed (%s); stays disabled", self.config.name, error
-            )
-            effects.append(Record(SaveState(self.config.name, self.state)))
-            if self.config.health.probe_interval and self.state.state == "disabled":
-                effects.append(WakeAt(now + self.config.health.probe_interval))
+            log.warning("webhook %s: health check failed (%s); stays disabled", name, error)
+            effects.append(Record(SaveState(name, self.state)))
+            effects += self.schedule_probe(now)
             answer = self.answer(False, f"health check failed: {error}")
+        elif self.state.state != "disabled":
+            answer = self.answer(True, "health check passed")  # enabled meanwhile
+        elif self.probe_waiters or reason in PROBE_LIFTS:
+            self.probe_at = None
+            self.state = retry.enabled(replace(self.state, last_success=now))
+            log.info("webhook %s: health check passed; enabled, flushing held deliveries", name)
+            effects.append(self._requeue())
+            effects.append(Record(SaveState(name, self.state)))
+            answer = self.answer(True, "health check passed")
+        else:  # disabled by hand (or by the config) while the check was in flight
+            log.info(
+                "webhook %s: health check passed, but it was disabled (%s) meanwhile; "
+                "stays disabled",
+                name,
+                reason,
+            )
+            answer = self.answer(False, f"disabled ({reason}) while the health check ran")
         waiters, self.probe_waiters = self.probe_waiters, []
         for w in waiters:
             w(answer)
         return effects + self.pump(now)
-
-    def discard(self) -> None:
-        """This core is being replaced (a rebuild from the journal): give back its memory."""
 
     def answer(self, ok: bool, detail: str) -> dict:
         """What the control socket gets back from enable and disable."""
@@ -405,8 +598,8 @@ class WebhookCore:
     def idle(self) -> bool:
         """Nothing to do until a message comes, so the supervisor may give back its thread.
 
-        A disabled webhook is idle with held deliveries in memory: they wait for an
-        operator or a probe, and the memory stays bounded by the queue limit.
+        A disabled webhook is idle with its deliveries held (in the journal): they wait
+        for an operator or a probe, whose wake-up the scheduler keeps (``probe_at``).
         """
         return (
             not self.in_flight
@@ -436,6 +629,8 @@ class WebhookCore:
             "queued": max(0, self.pending_total - len(self.in_flight)),
             "in_flight": len(self.in_flight),
             "retrying": len(self.waiting),
+            "in_memory": self.held(),  # deliveries held in memory; the journal has the rest
+            "memory_bytes": self.held_bytes,
             "delivered": s.delivered,
             "failed": s.failed,
             "consecutive_failures": s.consecutive_failures,
@@ -446,12 +641,14 @@ class WebhookCore:
 
 
 def _public_url(url: str) -> str:
-    """The URL without credentials or query string (either may carry a token)."""
+    """Scheme, host and port only: the path (Slack, Discord), query and userinfo hold tokens."""
     u = urlsplit(url)
     host = u.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal keeps its brackets
     if u.port:
         host = f"{host}:{u.port}"
-    return f"{u.scheme}://{host}{u.path}"
+    return f"{u.scheme}://{host}"
 
 
 # --------------------------------------------------------------------------- the actor

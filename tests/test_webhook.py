@@ -1,7 +1,9 @@
 """The webhook core, the supervisor's plain logic: queue, retries, health, spill, order."""
 
 import itertools
+from dataclasses import replace
 
+from router.budget import Budget
 from router.config import HealthConfig, RateLimit, RetryConfig, WebhookConfig
 from router.messages import (
     AttemptResult,
@@ -12,7 +14,17 @@ from router.messages import (
     SaveState,
     WebhookState,
 )
-from router.webhook import Load, Record, Requeue, Restored, Send, WakeAt, WebhookCore
+from router.webhook import (
+    BUDGET_RETRY,
+    QUEUE_BYTES,
+    Load,
+    Record,
+    Requeue,
+    Restored,
+    Send,
+    WakeAt,
+    WebhookCore,
+)
 
 
 def hook(**kw) -> WebhookConfig:
@@ -31,6 +43,16 @@ def core(restored=None, queue_limit=100, **kw) -> WebhookCore:
 
 def d(seq: int, **kw) -> Delivery:
     return Delivery(seq, Payload(f"e{seq}", "T", "{}"), **kw)
+
+
+def fetch(c: WebhookCore, effects, now: float = 0.0) -> list:
+    """Answer the core's reads of due retries' bodies, as the journal would; all effects."""
+    out = list(effects)
+    for e in effects:
+        if isinstance(e, Load) and e.seqs:
+            rows = tuple(d(seq) for seq in e.seqs)
+            out += c.loaded(e.generation, Loaded("w", rows, 0, e.limit, seqs=e.seqs), now)
+    return out
 
 
 def sent(effects) -> list[tuple[int, int]]:
@@ -73,7 +95,10 @@ def test_failed_attempt_is_retried_later_with_the_next_number():
     assert records(effects, Outcome)[0].next_at == 110.0
     assert c.state.state == "failing"
     assert sent(c.tick(105.0)) == []
-    assert sent(c.tick(110.0)) == [(1, 2)]
+    effects = c.tick(110.0)
+    assert sent(effects) == []  # the retry waited without its body: it is read back first
+    assert [e.seqs for e in effects if isinstance(e, Load)] == [(1,)]
+    assert sent(fetch(c, effects, 110.0)) == [(1, 2)]
 
 
 def test_exhausted_delivery_disables_webhook_and_holds_new_events():
@@ -83,7 +108,7 @@ def test_exhausted_delivery_disables_webhook_and_holds_new_events():
     for n in range(1, 5):
         c.result(res(1, n), now)
         now += 100
-        assert sent(c.tick(now)) == [(1, n + 1)]
+        assert sent(fetch(c, c.tick(now), now)) == [(1, n + 1)]
     effects = c.result(res(1, 5), now)
     assert records(effects, Outcome)[0].state == "exhausted"
     assert c.state.state == "disabled" and c.snapshot()["health"] == "UNHEALTHY"
@@ -144,7 +169,7 @@ def test_ordered_webhook_sends_one_at_a_time_and_retries_the_head_first():
     assert sent(c.enqueue((d(1), d(2)), 0.0)) == [(1, 1)]
     effects = c.result(res(1), 0.0)
     assert sent(effects) == []  # d(2) waits behind the failed head
-    assert sent(c.tick(10.0)) == [(1, 2)]
+    assert sent(fetch(c, c.tick(10.0), 10.0)) == [(1, 2)]
     assert sent(c.result(res(1, 2, ok=True, status=200), 10.0)) == [(2, 1)]
 
 
@@ -174,12 +199,10 @@ def drive(c: WebhookCore, journal: list[Delivery], effects) -> list[int]:
 
 def test_queue_spills_to_the_journal_beyond_its_limit_and_loads_back_in_order():
     c = core(queue_limit=4, max_in_flight=1)
-    c.disable()
     journal = [d(i) for i in range(1, 12)]
-    c.enqueue(tuple(journal), 0.0)
-    assert len(c.ready) == 4 and c.spilled and c.snapshot()["queued"] == 11
-    c.state = WebhookState()  # enabled again, without the health-check ceremony
-    assert drive(c, journal, c.pump(0.0)) == list(range(1, 12))
+    effects = c.enqueue(tuple(journal), 0.0)
+    assert c.held() == 4 and c.spilled and c.snapshot()["queued"] == 10  # one in flight
+    assert drive(c, journal, effects) == list(range(1, 12))
     assert not c.spilled and c.snapshot()["queued"] == 0
 
 
@@ -202,7 +225,7 @@ def test_a_load_from_before_a_resync_is_ignored():
 def test_restored_retry_waits_for_its_due_time():
     c = core(Restored(WebhookState(), (d(1, attempts=2, next_at=50.0),), 1))
     assert sent(c.pump(10.0)) == []
-    assert sent(c.tick(50.0)) == [(1, 3)]
+    assert sent(fetch(c, c.tick(50.0), 50.0)) == [(1, 3)]
 
 
 def test_rate_limit_spaces_attempts():
@@ -232,14 +255,15 @@ def test_config_disabled_webhook_holds_and_is_enabled_by_reconfigure():
     assert sent(c.enqueue((d(1),), 0.0)) == []
     effects = c.reconfigure(hook(), 0.0)
     assert records(effects, SaveState)[0].state.state == "active"
-    assert sent(effects) == [(1, 1)]
+    assert drive(c, [d(1)], effects) == [1]  # held in the journal while disabled
 
 
 def test_spill_load_asks_for_pending_after_the_highest_seq_in_memory():
     c = core(Restored(WebhookState(), (d(1), d(2)), 5), queue_limit=6, max_in_flight=1)
     effects = c.pump(0.0)
     assert sent(effects) == [(1, 1)]
-    assert [e for e in effects if isinstance(e, Load)] == [Load(0, 2, 5)]
+    (load,) = [e for e in effects if isinstance(e, Load)]
+    assert (load.generation, load.after_seq, load.limit) == (0, 2, 4)  # 6 less the 2 held
 
 
 def test_replay_asks_the_journal_for_done_deliveries_too():
@@ -250,9 +274,10 @@ def test_replay_asks_the_journal_for_done_deliveries_too():
     assert requeue == Requeue(c.generation, None, False)
 
 
-def test_snapshot_never_shows_credentials_or_query_of_the_url():
-    c = core(url="https://user:pw@example.com/hook?token=abc")
-    assert c.snapshot()["url"] == "https://example.com/hook"
+def test_snapshot_shows_only_scheme_host_and_port_of_the_url():
+    c = core(url="https://user:pw@example.com:8443/services/T0/B0/token?token=abc#x")
+    assert c.snapshot()["url"] == "https://example.com:8443"
+    assert core(url="http://[::1]:8080/hook/t0k3n").snapshot()["url"] == "http://[::1]:8080"
 
 
 def test_idle_means_nothing_in_flight_waiting_or_queued():
@@ -263,7 +288,7 @@ def test_idle_means_nothing_in_flight_waiting_or_queued():
     c.result(res(1), 0.0)  # d(2) goes out while d(1) waits for its retry
     c.result(res(2, ok=True, status=200), 0.0)
     assert not c.idle()  # the retry is waiting
-    assert sent(c.tick(10.0)) == [(1, 2)]
+    assert sent(fetch(c, c.tick(10.0), 10.0)) == [(1, 2)]
     c.result(res(1, 2, ok=True, status=200), 10.0)
     assert c.idle()
 
@@ -273,3 +298,112 @@ def test_a_disabled_webhook_holding_deliveries_is_idle():
     c.disable()
     c.enqueue((d(1),), 0.0)
     assert c.idle() and c.snapshot()["queued"] == 1
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def big(seq: int, size: int) -> Delivery:
+    return Delivery(seq, Payload(f"e{seq}", "T", "x" * size))
+
+
+def failing_run(c: WebhookCore, journal: list[Delivery], effects, rounds: int) -> int:
+    """Fail every attempt and answer every load; the most deliveries ever held in memory."""
+    most, now = c.held(), 0.0
+    for _ in range(rounds):
+        for e in list(effects):
+            if isinstance(e, Load) and not e.seqs:
+                rows = tuple(x for x in journal if x.seq > e.after_seq)[: e.limit]
+                effects += c.loaded(e.generation, Loaded("w", rows, e.after_seq, e.limit), now)
+        effects = fetch(c, effects, now)
+        for seq in list(c.in_flight):
+            if c.in_flight[seq].stored_body is None:
+                effects += c.result(res(seq, c.in_flight[seq].attempts + 1), now)
+        most = max(most, c.held())
+        now += 1.0
+        effects = fetch(c, effects + c.tick(now), now)
+    return most
+
+
+def test_waiting_retries_count_towards_the_queue_and_the_journal_holds_the_rest():
+    c = core(queue_limit=10, max_in_flight=4, retry=RetryConfig(100, (60.0,)))
+    journal = [d(i) for i in range(1, 51)]
+    most = failing_run(c, journal, c.enqueue(tuple(journal), 0.0), rounds=30)
+    assert most <= 10 and c.spilled
+    assert c.snapshot()["queued"] + c.snapshot()["in_flight"] == 50
+    # Retries due in a minute wait without their bodies.
+    assert all(x.stored_body is not None for _, _, x in c.waiting)
+
+
+def test_a_retry_due_soon_keeps_its_body_and_one_due_later_lets_it_go():
+    c = core(retry=RetryConfig(5, (1.0, 60.0)), max_in_flight=1)
+    c.enqueue((big(1, 10_000),), 0.0)
+    held = c.budget.used
+    c.result(res(1), 0.0)  # retry in 1 s: within the horizon
+    assert c.budget.used == held and c.waiting[0][2].stored_body is None
+    effects = c.tick(1.0)
+    assert sent(effects) == [(1, 2)]
+    c.result(res(1, 2), 1.0)  # retry in 60 s: the body goes
+    assert c.budget.used < held - 9_000 and c.waiting[0][2].stored_body is not None
+
+
+def test_webhooks_share_one_budget_and_a_refused_one_keeps_its_deliveries_in_the_journal():
+    budget = Budget(200_000)
+    a = WebhookCore(hook(name="a", max_in_flight=1), Restored(), 0.0, lambda: "p", budget=budget)
+    b = WebhookCore(hook(name="b", max_in_flight=1), Restored(), 0.0, lambda: "p", budget=budget)
+    assert sent(a.enqueue((big(1, 150_000),), 0.0)) == [(1, 1)]
+    effects = b.enqueue((big(2, 150_000),), 0.0)
+    assert sent(effects) == [] and b.spilled and b.held() == 0
+    assert WakeAt(BUDGET_RETRY) in effects  # it asks again shortly
+    a.result(res(1, ok=True, status=200), 0.1)  # a's delivery is done: its bytes come back
+    assert budget.used == 0
+    (load,) = [e for e in b.tick(BUDGET_RETRY) if isinstance(e, Load)]
+    effects = b.loaded(load.generation, Loaded("b", (big(2, 150_000),), 0, load.limit), 0.3)
+    assert sent(effects) == [(2, 1)]
+
+
+def test_one_delivery_bigger_than_the_webhook_cap_still_goes_when_the_budget_has_room():
+    c = core(max_in_flight=1)
+    assert sent(c.enqueue((big(1, QUEUE_BYTES * 2), d(2)), 0.0)) == [(1, 1)]
+    assert c.spilled  # d(2) did not fit beside it: the journal holds it
+
+
+def test_a_load_that_stops_at_a_delivery_too_big_for_its_reservation_asks_for_that_much():
+    c = core(Restored(WebhookState(), (), 2), max_in_flight=1)
+    (load,) = [e for e in c.pump(0.0) if isinstance(e, Load)]
+    effects = c.loaded(load.generation, Loaded("w", (), 0, load.limit, wanted=9 * QUEUE_BYTES), 0)
+    (again,) = [e for e in effects if isinstance(e, Load)]
+    assert again.max_bytes == 9 * QUEUE_BYTES
+
+
+def test_a_disabled_webhook_lets_go_of_its_queue_and_retries():
+    budget = Budget()
+    c = WebhookCore(hook(max_in_flight=1), Restored(), 0.0, lambda: "p", budget=budget)
+    c.enqueue((d(1), d(2), d(3)), 0.0)
+    c.result(res(1, status=410), 0.0)
+    assert c.state.state == "disabled"
+    assert c.held() == 0 and c.held_bytes == 0 and budget.used == 0
+    assert c.snapshot()["queued"] == 2 and c.spilled  # the journal holds them
+
+
+def test_discard_gives_back_everything_the_core_took():
+    budget = Budget()
+    c = WebhookCore(hook(max_in_flight=2), Restored(), 0.0, lambda: "p", budget=budget)
+    c.enqueue((d(1), d(2), d(3)), 0.0)
+    assert budget.used > 0
+    c.discard()
+    assert budget.used == 0
+
+
+def test_an_attempt_that_failed_through_the_routers_fault_leaves_health_alone():
+    c = core(retry=RetryConfig(2, (10.0,)))
+    c.enqueue((d(1),), 0.0)
+    fault = replace(res(1), status=None, error="internal error: cannot build", router_fault=True)
+    c.result(fault, 0.0)
+    assert (c.state.state, c.state.consecutive_failures) == ("active", 0)
+    fetch(c, c.tick(10.0), 10.0)
+    effects = c.result(replace(fault, number=2), 10.0)
+    assert records(effects, Outcome)[0].state == "exhausted"  # kept for replay --failed
+    assert c.state.state == "active" and c.snapshot()["health"] == "HEALTHY"
+    assert c.snapshot()["failed"] == 1
+    assert c.state.last_error == "internal error: cannot build"

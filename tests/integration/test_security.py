@@ -1,5 +1,7 @@
 """CURVE, the private-network guard, and secrets and access (issue 6, point 9), on the daemon."""
 
+import http.client
+import json
 import os
 import socket
 
@@ -9,7 +11,7 @@ import zmq.auth
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import Reply, wait_until
 
 
 def _free_port() -> int:
@@ -98,6 +100,65 @@ def test_a_host_that_resolves_to_loopback_is_blocked_at_connect_time(hooks, daem
 
 
 # --------------------------------------------------------------------------- secrets and access
+
+TOKEN = "T0KEN-in-the-path-9f3c"  # where Slack and Discord URLs carry theirs
+QUERY = "q-t0ken-5e1d"
+PASSWORD = "pw-t0ken-77aa"
+
+
+def _get(port: int, path: str) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # no proxy, loopback only
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+def test_status_metrics_and_logs_show_a_webhook_url_as_scheme_host_and_port_only(
+    hooks, daemon_factory
+):
+    closed = _free_port()  # nothing listens: every attempt fails, so errors and logs are made
+    hooks.default(f"/services/{TOKEN}?token={QUERY}", Reply(status=500))
+    port = _free_port()
+    d = daemon_factory(
+        [
+            {"name": "slack", "url": f"http://u:{PASSWORD}@127.0.0.1:{hooks.port}/services/"
+             f"{TOKEN}?token={QUERY}", "retry": {"attempts": 1}},
+            {"name": "dead", "url": f"http://127.0.0.1:{closed}/api/webhooks/{TOKEN}",
+             "retry": {"attempts": 1}},
+        ],
+        metrics={"bind": f"127.0.0.1:{port}"},
+    )  # fmt: skip
+    check = d.cli("check")
+    assert check.returncode == 0, check.stderr
+    d.start()
+    d.send({"type": "T", "id": "e1"})
+    wait_until(
+        lambda: all(d.webhook(n)["state"] == "disabled" for n in ("slack", "dead")),
+        what="both deliveries to fail",
+    )
+    assert [r.path for r in hooks.requests] == [f"/services/{TOKEN}?token={QUERY}"]
+    status = d.status()
+    urls = {w["name"]: w["url"] for w in status["webhooks"]}
+    assert urls == {"slack": f"http://127.0.0.1:{hooks.port}", "dead": f"http://127.0.0.1:{closed}"}
+    assert json.loads(_get(port, "/status"))["webhooks"] == status["webhooks"]
+    attempts = d.cli("attempts", "slack").stdout + d.cli("attempts", "dead").stdout
+    assert "HTTP 500" in attempts and "connection refused" in attempts
+    d.reload()
+    shown = {
+        "status --json": json.dumps(status),
+        "/status": _get(port, "/status"),
+        "/": _get(port, "/"),
+        "/metrics": _get(port, "/metrics"),
+        "attempts": attempts,
+        "check": check.stdout + check.stderr,
+        "log": d.log(),
+    }
+    assert 'webhook_state{state="disabled",webhook="slack"} 1.0' in shown["/metrics"]
+    for where, text in shown.items():
+        for token in (TOKEN, QUERY, PASSWORD):
+            assert token not in text, f"{token} shown in {where}"
 
 
 def test_check_and_the_daemon_refuse_an_abstract_control_socket(hooks, daemon_factory):
