@@ -25,6 +25,7 @@ from typing import Any
 import pykka
 
 from router import ConfigError, RouterError, __version__, config, metrics
+from router.budget import Budget
 from router.clock import Clock
 from router.config import Config, WebhookConfig
 from router.control import ControlServer
@@ -34,7 +35,7 @@ from router.filter import Filter, FilterActor, Route, Swap
 from router.journal import Journal
 from router.messages import Accepted, Append, Cancel, Committed, Delivery
 from router.metrics import MetricsServer
-from router.receiver import AckChannel, Bind, Receiver
+from router.receiver import MAX_OUTSTANDING_BYTES, AckChannel, Bind, Receiver
 from router.scheduler import Scheduler
 from router.store import attempts
 from router.supervisor import (
@@ -46,8 +47,8 @@ from router.supervisor import (
     Starter,
     WebhookHandle,
     Wiring,
+    new_core,
 )
-from router.webhook import QUEUE_LIMIT, Restored, WebhookCore
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,11 @@ class App:
             cfg.retention,
             on_commit=self._committed,
             on_error=self._journal_failed,
+            attempt_log_max=cfg.attempt_log_max,
         )
         self.pool = DeliveryPool(cfg.delivery_workers, self.clock)
         self.scheduler = Scheduler(self.clock)
+        self.budget = Budget()  # bytes all webhooks' in-memory queues may hold together
         self.starter = Starter()
         self.wiring = Wiring(
             self.pool,
@@ -97,6 +100,7 @@ class App:
             self.clock,
             lambda: new_id(self.clock),
             self.starter,
+            self.budget,
         )
         self.filter: pykka.ActorRef | None = None
         self.receiver: pykka.ActorRef | None = None
@@ -111,7 +115,8 @@ class App:
         self._lock_state_dir()
         threading.stack_size(THREAD_STACK)
         self.journal.open()
-        restored = self.journal.load([w.name for w in cfg.webhooks], QUEUE_LIMIT)
+        # No queue heads now: each webhook loads its own through the memory budget.
+        restored = self.journal.load([w.name for w in cfg.webhooks], 0)
         self.journal.start()
         self.scheduler.start()
         self.pool.start()
@@ -152,14 +157,23 @@ class App:
     def _start_supervisors(self, webhooks: Iterable[WebhookConfig], restored: dict) -> None:
         """A handle per webhook; only those with work get a thread now."""
         new = dict(self.supervisors)
-        now = self.clock.time()
         for w in webhooks:
-            r = restored.get(w.name)
-            state = Restored(r.state, tuple(r.pending), r.queued) if r else Restored()
-            core = WebhookCore(w, state, now, self.wiring.new_id)
+            core = new_core(w, restored.get(w.name), self.wiring)  # the wiring's budget
             new[w.name] = handle = WebhookHandle(core, self.wiring)
             handle.start_if_busy()
         self.supervisors = new
+
+    def _add_supervisors(self, webhooks: list[WebhookConfig]) -> None:
+        """Webhooks a reload adds start from what the journal holds for them.
+
+        One removed and added again finds its saved state and any deliveries still
+        pending. The handles are registered first, so that every commit after the
+        journal's answer finds them.
+        """
+        handles = [WebhookHandle(new_core(w, None, self.wiring), self.wiring) for w in webhooks]
+        self.supervisors = {**self.supervisors, **{h.name: h for h in handles}}
+        for handle in handles:
+            handle.rebuild()
 
     def stop(self) -> None:
         sd_notify("STOPPING=1")
@@ -270,16 +284,19 @@ class App:
         removed = [n for n in before if n not in after]
         changed = [w for n, w in after.items() if n in before and before[n] != w]
         # Added supervisors exist before the new filter routes to them.
-        self._start_supervisors(added, {})
+        self._add_supervisors(added)
         self.filter.tell(Swap(Filter.from_config(new)))
         for w in changed:
             self.supervisors[w.name].tell(Reconfigure(w))
-        remaining = dict(self.supervisors)
-        for name in removed:
-            remaining.pop(name).close()
-            self.journal.submit(Cancel(name))
-        self.supervisors = remaining
+        # Unregistered before the Cancel: a commit that no longer finds the handle
+        # cancels its deliveries itself, and one that still did is covered by the Cancel.
+        gone = [self.supervisors[name] for name in removed]
+        self.supervisors = {n: h for n, h in self.supervisors.items() if n not in removed}
+        for handle in gone:
+            handle.close()
+            self.journal.submit(Cancel(handle.name))
         self.config = _with_runtime(new, old)
+        self.journal.attempt_log_max = new.attempt_log_max  # the writer trims to it from now on
         metrics.CONFIG_RELOADS.inc()
         log.info(
             "reloaded: %d added %s, %d removed %s, %d changed %s",
@@ -354,6 +371,12 @@ class App:
                 "received": count("events_received_total"),
                 "rejected": int(rejected),
                 "duplicates": count("events_duplicate_total"),
+            },
+            "memory": {  # bytes held in memory and their ceilings (the journal has the rest)
+                "queues": self.budget.used,
+                "queues_limit": self.budget.limit,
+                "ingest": self.channel.outstanding_bytes,
+                "ingest_limit": MAX_OUTSTANDING_BYTES,
             },
         }
 
@@ -458,7 +481,7 @@ class App:
             self.filter = FilterActor.start(Filter.from_config(self.config), self.journal.submit)
         for handle in self.supervisors.values():
             if handle.dead():
-                handle.tick()  # logs, and starts a new actor on the same core
+                handle.tick()  # logs, and rebuilds the webhook from the journal
 
 
 def _with_runtime(new: Config, old: Config) -> Config:

@@ -1,4 +1,4 @@
-"""The wiring, in-process: parts that die are noticed and restarted by their owner."""
+"""The wiring, in-process: parts that die are noticed and restarted (or rebuilt) by their owner."""
 
 import time
 
@@ -8,11 +8,14 @@ import zmq
 
 from router import config
 from router.app import App
+from router.messages import AttemptResult
 from router.receiver import Receiver
+from router.supervisor import Supervisor
+from tests.integration.conftest import HookServer, wait_until
 
 
-@pytest.fixture
-def app(tmp_path):
+def app_for(tmp_path, webhook: str) -> App:
+    """An App (not started) on a config with one webhook, given as a YAML flow mapping."""
     path = tmp_path / "router.yaml"
     path.write_text(
         f"""
@@ -20,11 +23,19 @@ state_dir: ./state
 metrics: {{bind: null}}
 ingest: {{ack_bind: "ipc://{tmp_path}/ack.sock"}}
 webhooks:
-  - {{name: w, url: "http://127.0.0.1:9/", secret: s, signature: hmac-sha256-hex,
-      allow_private_networks: true, enabled: false}}
+  - {webhook}
 """
     )
-    running = App(config.load(str(path)))
+    return App(config.load(str(path)))
+
+
+@pytest.fixture
+def app(tmp_path):
+    running = app_for(
+        tmp_path,
+        '{name: w, url: "http://127.0.0.1:9/", secret: s, signature: hmac-sha256-hex,'
+        " allow_private_networks: true, enabled: false}",
+    )
     running.start()
     yield running
     running.stop()
@@ -67,3 +78,37 @@ def test_a_filter_that_died_is_restarted(app):
     assert app.filter.is_alive()
     # An ack comes only after the filter routed the event to the journal.
     assert ack(app, "routed") == {"ok": True, "id": "routed"}
+
+
+def test_an_ordered_webhook_goes_on_after_its_supervisor_died_with_a_result_unread(
+    tmp_path, monkeypatch
+):
+    hooks = HookServer()
+    app = app_for(
+        tmp_path,
+        f'{{name: o, url: "{hooks.url("/o")}", secret: s, allow_private_networks: true,'
+        " ordered: true}",
+    )
+    real = Supervisor.on_receive
+    lost: list = []
+
+    def dies_on_the_first_result(self, message):
+        inner = getattr(message, "message", message)  # an answer may come wrapped
+        if isinstance(inner, AttemptResult) and not lost:
+            lost.append(inner)
+            raise RuntimeError("simulated bug: the result is lost with the actor")
+        return real(self, message)
+
+    monkeypatch.setattr(Supervisor, "on_receive", dies_on_the_first_result)
+    app.start()
+    try:
+        assert ack(app, "first")["ok"] and ack(app, "second")["ok"]
+        handle = app.supervisors["o"]
+        wait_until(lambda: lost and (handle.restarts or handle.dead()), what="the death")
+        app._check_actors()  # what the main loop does every few seconds
+        wait_until(lambda: hooks.ids("/o")[-1:] == ["second"], what="the second event")
+        # The lost result's delivery was pending in the journal: sent again, still in order.
+        assert hooks.ids("/o") == ["first", "first", "second"]
+    finally:
+        app.stop()
+        hooks.close()
