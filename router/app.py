@@ -32,23 +32,14 @@ from router.control import ControlServer
 from router.delivery import DeliveryPool
 from router.envelope import new_id
 from router.filter import Filter, FilterActor, Route, Swap
+from router.handle import Starter, WebhookHandle, new_core
 from router.journal import Journal
 from router.messages import Accepted, Append, Cancel, Committed, Delivery
 from router.metrics import MetricsServer
 from router.receiver import MAX_OUTSTANDING_BYTES, AckChannel, Bind, Receiver
 from router.scheduler import Scheduler
 from router.store import attempts
-from router.supervisor import (
-    Disable,
-    Enable,
-    Enqueue,
-    Reconfigure,
-    Replay,
-    Starter,
-    WebhookHandle,
-    Wiring,
-    new_core,
-)
+from router.supervisor import Disable, Enable, Enqueue, Reconfigure, Replay, Wiring
 
 log = logging.getLogger(__name__)
 

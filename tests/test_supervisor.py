@@ -11,9 +11,10 @@ import time
 import pykka
 import pytest
 
-from router import journal, supervisor
+from router import handle, journal, supervisor
 from router.clock import Clock
 from router.config import HealthConfig, WebhookConfig
+from router.handle import Starter, WebhookHandle
 from router.messages import (
     Accepted,
     Append,
@@ -25,7 +26,7 @@ from router.messages import (
     WebhookState,
 )
 from router.scheduler import Scheduler
-from router.supervisor import Enqueue, WebhookHandle, Wiring
+from router.supervisor import Enqueue, Wiring
 from router.webhook import HEALTH_CHECK, Restored, Send, WakeAt, WebhookCore
 from tests.builders import event
 
@@ -234,7 +235,7 @@ def test_an_ask_during_a_rebuild_waits_for_it(parts):
 
 
 def test_a_supervisor_that_cannot_start_is_retried_and_logged_once(parts, monkeypatch, caplog):
-    monkeypatch.setattr(supervisor, "BACKOFF_MIN", 0.01)
+    monkeypatch.setattr(handle, "BACKOFF_MIN", 0.01)
     failures = []
 
     def no_thread(self):
@@ -269,7 +270,7 @@ def test_a_closed_handle_refuses_messages(parts):
 
 
 def test_a_starter_starts_supervisors_off_the_callers_thread_keeping_the_order(parts):
-    starter = supervisor.Starter()
+    starter = Starter()
     wiring = dataclasses.replace(parts, starter=starter)
     h = handle_for(wiring)
     h.tell(Enqueue((delivery(1),)))
@@ -286,7 +287,7 @@ def test_a_starter_starts_supervisors_off_the_callers_thread_keeping_the_order(p
 
 
 def test_an_ask_does_not_wait_for_the_starter(parts):
-    starter = supervisor.Starter()  # never started: the ask must start the actor itself
+    starter = Starter()  # never started: the ask must start the actor itself
     h = handle_for(dataclasses.replace(parts, starter=starter))
     h.tell(Enqueue((delivery(1),)))
     snap = h.ask(supervisor.Snapshot(), timeout=5)
