@@ -206,7 +206,7 @@ class Producers:
         self.stopping = threading.Event()
         self._bad = bad_frames(max_event_bytes)
         self._ctx = zmq.Context.instance()
-        kinds = [("push", zmq.PUSH, pull), ("req", zmq.REQ, ack), ("req", zmq.REQ, ack)]
+        kinds = [("push", zmq.PUSH, pull)] * 2 + [("req", zmq.REQ, ack)] * 2
         kinds.append(("dealer", zmq.DEALER, ack))
         self._pause = len(kinds) / rate  # mean seconds between two sends of one producer
         self._threads = [
