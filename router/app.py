@@ -1,5 +1,9 @@
 """Wiring: start order, the main loop (signals, reload, watchdog), stop order.
 
+Not on the data path: the receiver hands events to the filter actor, the filter to
+the journal, and the journal's commits go to the dispatcher (router/dispatch.py),
+which also applies a reload's diff once this module has validated the new file.
+
 Start: journal, scheduler, delivery pool, supervisors, filter, receiver, then the
 control socket and metrics. Stop in reverse: receiver first (no new events),
 filter (routes what it holds), supervisors drain their in-flight attempts within
@@ -17,7 +21,6 @@ import signal
 import socket
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
@@ -30,16 +33,16 @@ from router.clock import Clock
 from router.config import Config, WebhookConfig
 from router.control import ControlServer
 from router.delivery import DeliveryPool
+from router.dispatch import Dispatcher
 from router.envelope import new_id
-from router.filter import Filter, FilterActor, Route, Swap
-from router.handle import Starter, WebhookHandle, new_core
+from router.filter import Filter, FilterActor, FilterAddress, Swap
+from router.handle import Starter, WebhookHandle
 from router.journal import Journal
-from router.messages import Accepted, Append, Cancel, Committed, Delivery
 from router.metrics import MetricsServer
 from router.receiver import MAX_OUTSTANDING_BYTES, AckChannel, Bind, Receiver
 from router.scheduler import Scheduler
 from router.store import attempts
-from router.supervisor import Disable, Enable, Enqueue, Reconfigure, Replay, Wiring
+from router.supervisor import Disable, Enable, Replay, Wiring
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +66,21 @@ def sd_notify(*lines: str) -> None:
 
 
 class App:
-    """The running daemon: owns every part and the registry of supervisors."""
+    """The running daemon: owns every part, starts them in order and stops them in reverse."""
 
     def __init__(self, cfg: Config, clock: Clock | None = None):
         self.config = cfg
         self.clock = clock or Clock()
         self.started_at = time.monotonic()
-        self.supervisors: dict[str, WebhookHandle] = {}
         self._reload_lock = threading.Lock()
         self.channel = AckChannel()
+        # The journal answers the dispatcher, which is built once the wiring exists.
         self.journal = Journal(
             os.path.join(cfg.state_dir, "journal.db"),
             self.clock,
             cfg.retention,
-            on_commit=self._committed,
-            on_error=self._journal_failed,
+            on_commit=lambda committed: self.dispatcher.committed(committed),
+            on_error=lambda append, reason: self.dispatcher.refused(append, reason),
             attempt_log_max=cfg.attempt_log_max,
         )
         self.pool = DeliveryPool(cfg.delivery_workers, self.clock)
@@ -93,7 +96,9 @@ class App:
             self.starter,
             self.budget,
         )
+        self.dispatcher = Dispatcher(self.wiring, self.channel)
         self.filter: pykka.ActorRef | None = None
+        self.to_filter = FilterAddress()  # the receiver's sink
         self.receiver: pykka.ActorRef | None = None
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
@@ -112,8 +117,10 @@ class App:
         self.scheduler.start()
         self.pool.start()
         self.starter.start()
-        self._start_supervisors(cfg.webhooks, restored)
-        self.filter = FilterActor.start(Filter.from_config(cfg), self.journal.submit)
+        self.dispatcher.start(cfg.webhooks, restored)
+        self.filter = self.to_filter.ref = FilterActor.start(
+            Filter.from_config(cfg), self.journal.submit
+        )
         self._start_receiver()
         for addr in (cfg.ingest.bind, cfg.ingest.ack_bind):
             if addr and addr.startswith("tcp://") and cfg.ingest.curve is None:
@@ -145,27 +152,6 @@ class App:
                 f"another webhook-router is already running on {self.config.state_dir}"
             ) from None
 
-    def _start_supervisors(self, webhooks: Iterable[WebhookConfig], restored: dict) -> None:
-        """A handle per webhook; only those with work get a thread now."""
-        new = dict(self.supervisors)
-        for w in webhooks:
-            core = new_core(w, restored.get(w.name), self.wiring)  # the wiring's budget
-            new[w.name] = handle = WebhookHandle(core, self.wiring)
-            handle.start_if_busy()
-        self.supervisors = new
-
-    def _add_supervisors(self, webhooks: list[WebhookConfig]) -> None:
-        """Webhooks a reload adds start from what the journal holds for them.
-
-        One removed and added again finds its saved state and any deliveries still
-        pending. The handles are registered first, so that every commit after the
-        journal's answer finds them.
-        """
-        handles = [WebhookHandle(new_core(w, None, self.wiring), self.wiring) for w in webhooks]
-        self.supervisors = {**self.supervisors, **{h.name: h for h in handles}}
-        for handle in handles:
-            handle.rebuild()
-
     def stop(self) -> None:
         sd_notify("STOPPING=1")
         log.info("stopping: no new events; draining in-flight attempts")
@@ -174,7 +160,7 @@ class App:
             _stop(self.receiver, "receiver")
         if self.filter:
             _stop(self.filter, "filter")
-        for handle in self.supervisors.values():
+        for handle in self.dispatcher:
             handle.drain()
         busy = self._wait_drained(deadline)
         if busy:
@@ -183,7 +169,7 @@ class App:
                 "and go out after the next start",
                 busy,
             )
-        stopping = [h.close() for h in self.supervisors.values()]
+        stopping = [h.close() for h in self.dispatcher]
         self.starter.stop()
         for ref in stopping:
             if ref is not None:
@@ -206,46 +192,11 @@ class App:
         """Wait for in-flight attempts to finish; the number still running at the deadline."""
         while True:
             # Only a running supervisor can have attempts in flight.
-            snaps = self._snapshots([h for h in self.supervisors.values() if h.running()])
+            snaps = self._snapshots([h for h in self.dispatcher if h.running()])
             busy = sum(s.get("in_flight", 0) for s in snaps)
             if busy == 0 or time.monotonic() >= deadline:
                 return busy
             time.sleep(0.05)
-
-    # ------------------------------------------------------------------ data path
-
-    def _route(self, items: tuple[Accepted, ...]) -> None:
-        """Receiver → filter (called on the receiver's thread)."""
-        self.filter.tell(Route(items))
-
-    def _committed(self, committed: list[Committed]) -> None:
-        """Journal → acks and supervisors (called on the journal's thread after commit).
-
-        Acks go first: the events are durable now, and starting the supervisors of
-        idle webhooks (a thread each) must not hold the producers up.
-        """
-        self.channel.committed(committed)
-        by_webhook: dict[str, list[Delivery]] = defaultdict(list)
-        duplicates = 0
-        for c in committed:
-            if c.seq is None:
-                duplicates += 1
-                log.info("event %s is a duplicate: acked, not delivered again", c.item.event.id)
-                continue
-            for name in c.item.targets:
-                by_webhook[name].append(Delivery(c.seq, c.item.event.payload))
-        if duplicates:
-            metrics.EVENTS_DUPLICATE.inc(duplicates)
-        supervisors = self.supervisors
-        for name, deliveries in by_webhook.items():
-            handle = supervisors.get(name)
-            if handle is None:
-                self.journal.submit(Cancel(name))  # routed just before the webhook was removed
-            else:
-                handle.tell(Enqueue(tuple(deliveries)))
-
-    def _journal_failed(self, append: Append, reason: str) -> None:
-        self.channel.failed(append.items, reason)
 
     # ------------------------------------------------------------------ reload
 
@@ -269,56 +220,32 @@ class App:
         for key in ("state_dir", "ingest", "control_bind", "metrics_bind", "delivery_workers"):
             if getattr(old, key) != getattr(new, key):
                 log.warning("reload: %s changed; that takes effect after a restart", key)
-        before = {w.name: w for w in old.webhooks}
-        after = {w.name: w for w in new.webhooks}
-        added = [w for n, w in after.items() if n not in before]
-        removed = [n for n in before if n not in after]
-        changed = [w for n, w in after.items() if n in before and before[n] != w]
-        # Added supervisors exist before the new filter routes to them.
-        self._add_supervisors(added)
-        self.filter.tell(Swap(Filter.from_config(new)))
-        for w in changed:
-            self.supervisors[w.name].tell(Reconfigure(w))
-        # Unregistered before the Cancel: a commit that no longer finds the handle
-        # cancels its deliveries itself, and one that still did is covered by the Cancel.
-        gone = [self.supervisors[name] for name in removed]
-        self.supervisors = {n: h for n, h in self.supervisors.items() if n not in removed}
-        for handle in gone:
-            handle.close()
-            self.journal.submit(Cancel(handle.name))
+        diff = self.dispatcher.apply(
+            old.webhooks, new.webhooks, lambda: self.filter.tell(Swap(Filter.from_config(new)))
+        )
         self.config = _with_runtime(new, old)
         self.journal.attempt_log_max = new.attempt_log_max  # the writer trims to it from now on
         metrics.CONFIG_RELOADS.inc()
         log.info(
             "reloaded: %d added %s, %d removed %s, %d changed %s",
-            len(added),
-            [w.name for w in added],
-            len(removed),
-            removed,
-            len(changed),
-            [w.name for w in changed],
-        )
+            len(diff.added), list(diff.added), len(diff.removed), list(diff.removed),
+            len(diff.changed), list(diff.changed),
+        )  # fmt: skip
         sd_notify("READY=1", f"STATUS={len(new.webhooks)} webhooks")
         return {
             "ok": True,
             "errors": [],
-            "added": [w.name for w in added],
-            "removed": removed,
-            "changed": [w.name for w in changed],
+            "added": list(diff.added),
+            "removed": list(diff.removed),
+            "changed": list(diff.changed),
         }
 
     # ------------------------------------------------------------------ control
 
-    def _handle(self, name: str) -> WebhookHandle:
-        handle = self.supervisors.get(name)
-        if handle is None:
-            raise RouterError(f"no webhook named '{name}'")
-        return handle
-
     def _snapshots(self, handles: Iterable[WebhookHandle] | None = None) -> list[dict]:
         """Idle webhooks answer from their handle; running ones are asked, all at once."""
         pending = []
-        for handle in list(self.supervisors.values()) if handles is None else handles:
+        for handle in self.dispatcher if handles is None else handles:
             name = handle.name
             try:
                 pending.append((name, handle.snapshot()))
@@ -372,7 +299,7 @@ class App:
         }
 
     def enable(self, name: str) -> dict:
-        ref = self._handle(name)
+        ref = self.dispatcher.get(name)
         future = ref.ask(Enable(), timeout=ASK_TIMEOUT)
         wait = self.config_for(name).timeout * 2 + ASK_TIMEOUT
         try:
@@ -383,14 +310,14 @@ class App:
             ) from None
 
     def disable(self, name: str) -> dict:
-        return self._handle(name).ask(Disable(), timeout=ASK_TIMEOUT)
+        return self.dispatcher.get(name).ask(Disable(), timeout=ASK_TIMEOUT)
 
     def replay(self, name: str, since: float | None, failed_only: bool) -> dict:
-        future = self._handle(name).ask(Replay(since, failed_only), timeout=ASK_TIMEOUT)
+        future = self.dispatcher.get(name).ask(Replay(since, failed_only), timeout=ASK_TIMEOUT)
         return future.get(timeout=60)
 
     def attempts(self, name: str, limit: int) -> list[dict]:
-        self._handle(name)
+        self.dispatcher.get(name)
         conn = self.journal.reader()
         try:
             return attempts(conn, name, limit)
@@ -453,7 +380,7 @@ class App:
 
     def _start_receiver(self) -> None:
         cfg = self.config
-        self.receiver = Receiver.start(cfg.ingest, self._route, self.channel, self.clock)
+        self.receiver = Receiver.start(cfg.ingest, self.to_filter.route, self.channel, self.clock)
         error = self.receiver.ask(Bind(), timeout=ASK_TIMEOUT)
         if error:
             _stop(self.receiver, "receiver")  # so that the next check tries again
@@ -469,8 +396,10 @@ class App:
                 log.error("%s; will try again", e)
         if self.filter is not None and not self.filter.is_alive():
             log.error("filter actor died; restarting it")
-            self.filter = FilterActor.start(Filter.from_config(self.config), self.journal.submit)
-        for handle in self.supervisors.values():
+            self.filter = self.to_filter.ref = FilterActor.start(
+                Filter.from_config(self.config), self.journal.submit
+            )
+        for handle in self.dispatcher:
             if handle.dead():
                 handle.tick()  # logs, and rebuilds the webhook from the journal
 

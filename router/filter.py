@@ -232,6 +232,20 @@ class Swap:
     filter: Filter
 
 
+class FilterAddress:
+    """The filter actor as the receiver's sink: whichever one runs now.
+
+    Its owner sets ``ref`` when it starts a filter actor (and again when it restarts
+    one that died), so the receiver keeps one sink for its whole life.
+    """
+
+    def __init__(self) -> None:
+        self.ref: pykka.ActorRef | None = None
+
+    def route(self, items: tuple[Accepted, ...]) -> None:
+        self.ref.tell(Route(items))
+
+
 class FilterActor(pykka.ThreadingActor):
     """Thin shell around ``Filter``: one ``Append`` out per ``Route`` in.
 

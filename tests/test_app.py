@@ -103,7 +103,7 @@ def test_an_ordered_webhook_goes_on_after_its_supervisor_died_with_a_result_unre
     app.start()
     try:
         assert ack(app, "first")["ok"] and ack(app, "second")["ok"]
-        handle = app.supervisors["o"]
+        handle = app.dispatcher["o"]
         wait_until(lambda: lost and (handle.restarts or handle.dead()), what="the death")
         app._check_actors()  # what the main loop does every few seconds
         wait_until(lambda: hooks.ids("/o")[-1:] == ["second"], what="the second event")

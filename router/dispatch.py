@@ -1,0 +1,138 @@
+"""The dispatcher: the webhooks the daemon runs, what each commit hands them, and the reload diff.
+
+It owns the registry of webhook handles (router/handle.py). The journal calls
+``committed`` on its own thread after every commit: the acks go out first (the
+events are durable now, and waking idle webhooks must not hold producers up), then
+each webhook gets its new deliveries in one ``Enqueue``. A reload's new set of
+webhooks is applied here too: added ones start from what the journal holds for them,
+changed ones get their settings in place (queue, retries and health kept), removed
+ones stop and their unfinished deliveries are cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from router import RouterError, metrics
+from router.config import WebhookConfig
+from router.handle import WebhookHandle, new_core
+from router.messages import Append, Cancel, Committed, Delivery
+from router.receiver import AckChannel
+from router.supervisor import Enqueue, Reconfigure, Wiring
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    """What a reload changed, by webhook name."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+
+
+class Dispatcher:
+    """The registry of webhook handles; the journal's commit callbacks; the reload diff."""
+
+    def __init__(self, wiring: Wiring, channel: AckChannel):
+        self._wiring = wiring
+        self._channel = channel
+        self._handles: dict[str, WebhookHandle] = {}  # replaced whole, never mutated
+
+    # ------------------------------------------------------------------ the registry
+
+    def get(self, name: str) -> WebhookHandle:
+        handle = self._handles.get(name)
+        if handle is None:
+            raise RouterError(f"no webhook named '{name}'")
+        return handle
+
+    def __iter__(self) -> Iterator[WebhookHandle]:
+        return iter(list(self._handles.values()))
+
+    def __getitem__(self, name: str) -> WebhookHandle:
+        return self._handles[name]
+
+    def start(self, webhooks: Iterable[WebhookConfig], restored: dict) -> None:
+        """At start: a handle per webhook, from what the journal held; only busy ones run."""
+        handles = dict(self._handles)
+        for w in webhooks:
+            core = new_core(w, restored.get(w.name), self._wiring)
+            handles[w.name] = handle = WebhookHandle(core, self._wiring)
+            handle.start_if_busy()
+        self._handles = handles
+
+    # ------------------------------------------------------------------ the data path
+
+    def committed(self, committed: list[Committed]) -> None:
+        """Journal → acks, then supervisors (on the journal's thread, after the commit)."""
+        self._channel.committed(committed)
+        by_webhook: dict[str, list[Delivery]] = defaultdict(list)
+        duplicates = 0
+        for c in committed:
+            if c.seq is None:
+                duplicates += 1
+                log.info("event %s is a duplicate: acked, not delivered again", c.item.event.id)
+                continue
+            for name in c.item.targets:
+                by_webhook[name].append(Delivery(c.seq, c.item.event.payload))
+        if duplicates:
+            metrics.EVENTS_DUPLICATE.inc(duplicates)
+        handles = self._handles
+        for name, deliveries in by_webhook.items():
+            handle = handles.get(name)
+            if handle is None:  # routed just before the webhook was removed
+                self._wiring.journal.submit(Cancel(name))
+            else:
+                handle.tell(Enqueue(tuple(deliveries)))
+
+    def refused(self, append: Append, reason: str) -> None:
+        """The journal could not write these events: their producers hear why."""
+        self._channel.failed(append.items, reason)
+
+    # ------------------------------------------------------------------ reload
+
+    def apply(
+        self,
+        old: Iterable[WebhookConfig],
+        new: Iterable[WebhookConfig],
+        swap_filter: Callable[[], None],
+    ) -> Diff:
+        """Move from the ``old`` webhooks to the ``new``; ``swap_filter`` routes by the new set.
+
+        Added webhooks exist before the new filter routes to them; removed ones leave the
+        registry before their ``Cancel``, so a commit that no longer finds one cancels its
+        deliveries itself and one that still did is covered by the ``Cancel``.
+        """
+        before = {w.name: w for w in old}
+        after = {w.name: w for w in new}
+        added = [w for n, w in after.items() if n not in before]
+        removed = [n for n in before if n not in after]
+        changed = [w for n, w in after.items() if n in before and before[n] != w]
+        self._add(added)
+        swap_filter()
+        for w in changed:
+            self._handles[w.name].tell(Reconfigure(w))
+        gone = [self._handles[name] for name in removed if name in self._handles]
+        self._handles = {n: h for n, h in self._handles.items() if n not in removed}
+        for handle in gone:
+            handle.close()
+            self._wiring.journal.submit(Cancel(handle.name))
+        return Diff(tuple(w.name for w in added), tuple(removed), tuple(w.name for w in changed))
+
+    def _add(self, webhooks: list[WebhookConfig]) -> None:
+        """Webhooks a reload adds start from what the journal holds for them.
+
+        One removed and added again finds its saved state and any deliveries still
+        pending. The handles are registered first, so that every commit after the
+        journal's answer finds them.
+        """
+        wiring = self._wiring
+        handles = [WebhookHandle(new_core(w, None, wiring), wiring) for w in webhooks]
+        self._handles = {**self._handles, **{h.name: h for h in handles}}
+        for handle in handles:
+            handle.rebuild()
