@@ -18,9 +18,9 @@ import msgpack
 
 from router import RouterError
 from router.clock import Clock
-from router.messages import Event, Payload
+from router.messages import EVENT_KEYS, Event, Payload
 
-KEYS = ("type", "id", "company", "project", "timestamp", "data")
+KEYS = EVENT_KEYS  # the top-level keys a frame may hold
 MAX_NAME_CHARS = 200  # type and id
 MAX_DEPTH = 100  # nesting inside data; far beyond real payloads, well inside every stack
 # The id travels in the webhook-id header and in the signed content, so it is limited to
@@ -239,6 +239,11 @@ def _payload(
     except (ValueError, TypeError, RecursionError) as exc:  # _check_json should prevent these
         raise BadEvent("bad_data", f"not representable in JSON: {exc}") from None
     return Payload(id=eid, type=etype, body=text[:-1])  # for_webhook() closes the object
+
+
+def synthetic(eid: str, etype: str, ts: float) -> Payload:
+    """The payload of an event the router makes itself (a health check, a test event)."""
+    return _payload(eid, etype, ts, None, None, {})
 
 
 def _iso(ts: float) -> str:

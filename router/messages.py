@@ -31,6 +31,10 @@ class Payload:
         return f'{self.body},"webhook":{json.dumps(name)}}}'.encode()
 
 
+# What an event is made of, in the order the webhook body writes them (SPEC §1).
+EVENT_KEYS = ("type", "id", "company", "project", "timestamp", "data")
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """A validated event, as the filter sees it. ``timestamp`` is epoch seconds."""

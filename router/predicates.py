@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from router import RouterError
-from router.messages import Event
+from router.messages import EVENT_KEYS, Event
 from router.rules import AllOf, AnyOf, Cond, Not, Pred, Rule
 
 _MISSING = object()
-_ATTRS = ("type", "id", "company", "project", "timestamp")
+_ATTRS = tuple(k for k in EVENT_KEYS if k != "data")  # fields read off the Event itself
 
 Test = Callable[[Event], bool]
 

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from router.messages import EVENT_KEYS
+
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?")
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmg]i?b|b)?", re.IGNORECASE)
@@ -28,7 +30,7 @@ _SPACE = re.compile(r"\s")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _SET_BY_ROUTER = ("content-type", "user-agent", "webhook-id", "webhook-timestamp")
 RESERVED_HEADERS = frozenset((*_SET_BY_ROUTER, "webhook-signature", "webhook-attempt"))
-FIELD_ROOTS = ("type", "id", "company", "project", "timestamp", "data")
+FIELD_ROOTS = EVENT_KEYS  # what a where-condition's field may start with
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

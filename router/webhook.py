@@ -29,6 +29,7 @@ from router import metrics, retry
 from router.budget import UNLIMITED, Budget, delivery_cost
 from router.clock import iso
 from router.config import WebhookConfig
+from router.envelope import synthetic
 from router.messages import (
     DONE,
     EXHAUSTED,
@@ -530,10 +531,9 @@ class WebhookCore:
 
     def _send_probe(self, now: float) -> list:
         pid = self.new_id()
-        body = f'{{"id":"{pid}","type":"{HEALTH_CHECK}","timestamp":"{iso(now)}","data":{{}}'
         self.probe = {"id": pid}
         log.info("webhook %s: sending health check %s", self.config.name, pid)
-        return [Send(Attempt(self.config, 0, Payload(pid, HEALTH_CHECK, body), 1))]
+        return [Send(Attempt(self.config, 0, synthetic(pid, HEALTH_CHECK, now), 1))]
 
     def schedule_probe(self, now: float) -> list:
         """Ask to be woken for the next automatic health check, if one is wanted.
