@@ -82,6 +82,7 @@ class App:
             on_commit=lambda committed: self.dispatcher.committed(committed),
             on_error=lambda append, reason: self.dispatcher.refused(append, reason),
             attempt_log_max=cfg.attempt_log_max,
+            sync=cfg.journal_sync,
         )
         self.pool = DeliveryPool(cfg.delivery_workers, self.clock)
         self.scheduler = Scheduler(self.clock)
@@ -217,7 +218,7 @@ class App:
             sd_notify("READY=1", "STATUS=reload refused: invalid config")
             return {"ok": False, "errors": e.errors, "added": [], "removed": [], "changed": []}
         old = self.config
-        for key in ("state_dir", "ingest", "control_bind", "metrics_bind", "delivery_workers"):
+        for key in _RESTART_ONLY:
             if getattr(old, key) != getattr(new, key):
                 log.warning("reload: %s changed; that takes effect after a restart", key)
         diff = self.dispatcher.apply(
@@ -404,16 +405,16 @@ class App:
                 handle.tick()  # logs, and rebuilds the webhook from the journal
 
 
+# Settings that only a restart changes: a reload warns and keeps the running values.
+_RESTART_ONLY = (
+    "state_dir", "ingest", "control_bind", "metrics_bind", "delivery_workers", "retention",
+    "journal_sync",
+)  # fmt: skip
+
+
 def _with_runtime(new: Config, old: Config) -> Config:
     """Parts that only a restart changes keep their running values."""
-    return replace(
-        new,
-        state_dir=old.state_dir,
-        ingest=old.ingest,
-        control_bind=old.control_bind,
-        metrics_bind=old.metrics_bind,
-        delivery_workers=old.delivery_workers,
-    )
+    return replace(new, **{key: getattr(old, key) for key in _RESTART_ONLY})
 
 
 def _stop(ref: pykka.ActorRef, what: str) -> None:

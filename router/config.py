@@ -102,6 +102,7 @@ class Config:
     metrics_bind: tuple[str, int] | None = ("127.0.0.1", 9464)
     delivery_workers: int = 64
     attempt_log_max: int = 256 * MiB  # bytes the attempt log may take in the journal
+    journal_sync: str = "full"  # full: an ack survives power loss; normal: a crash only
     webhooks: tuple[WebhookConfig, ...] = ()
 
 
@@ -256,6 +257,8 @@ def load(path: str, env: Mapping[str, str] | None = None) -> Config:
     state_dir = top.get("state_dir", main.resolve(DEFAULT_STATE_DIR))
     runtime = ("retention", "shutdown_timeout", "delivery_workers", "attempt_log_max")
     extra = {k: top[k] for k in runtime if k in top}
+    if "sync" in top.get("journal", {}):
+        extra["journal_sync"] = top["journal"]["sync"]
     if "metrics" in top and top["metrics"] is None:
         extra["metrics_bind"] = None  # `metrics: null`: the whole section off
     elif "bind" in top.get("metrics", {}):

@@ -3,8 +3,9 @@
 A plain object with one writer thread and a ``queue.Queue`` inbox. The thread
 blocks for one message, drains whatever else is waiting and applies it all in
 ONE transaction (group commit), so throughput does not hinge on the number of
-fsyncs. ``synchronous=FULL`` in WAL mode: once ``on_commit`` fires, the events
-survive kill -9 and power loss.
+fsyncs. ``synchronous=FULL`` in WAL mode (``journal.sync: full``, the default):
+once ``on_commit`` fires, the events survive kill -9 and power loss; with
+``normal`` they survive kill -9 but not a power cut.
 
 A failed transaction (disk full, I/O error) never kills the thread: every
 ``Append`` in it is answered through ``on_error`` (the producer learns it was
@@ -108,6 +109,7 @@ class Journal:
         *,
         max_pages: int | None = None,
         attempt_log_max: int | None = None,
+        sync: str = "full",
     ):
         self.path = os.path.abspath(path)
         self._clock = clock
@@ -115,6 +117,7 @@ class Journal:
         self._on_commit = on_commit
         self._on_error = on_error
         self._max_pages = max_pages
+        self._sync = sync
         # The attempt log's ceiling in bytes (None: none); the writer reads it, reload sets it.
         self.attempt_log_max = attempt_log_max
         self._log_full = ""  # "", "trimming" or "over": one log line per change
@@ -133,7 +136,7 @@ class Journal:
 
     def open(self) -> None:
         """Create the directory (0700), the file (0600) and the schema; open the writer."""
-        self._conn = store.open_writer(self.path, self._max_pages)
+        self._conn = store.open_writer(self.path, self._max_pages, self._sync)
 
     def start(self) -> None:
         """Start the writer thread. It is a daemon thread: abandoning it is a kill -9, no worse."""

@@ -367,6 +367,7 @@ RETRY = {
 HEALTH = {"probe_interval": Key(_optional(_scalar(positive(parse_duration), "a duration")))}
 _BOOL = _scalar(boolean, "true or false")
 SIGNATURES = ("standard", "hmac-sha256-hex", "none")
+JOURNAL_SYNC = ("full", "normal")  # SQLite's synchronous setting for the journal's commits
 TUNABLES = {  # the per-webhook keys `defaults:` may set
     "enabled": Key(_BOOL),
     "timeout": Key(_scalar(positive(parse_duration), "a duration")),
@@ -436,4 +437,5 @@ TOP = {
     "webhooks": Key(webhook_list),
     "delivery_workers": Key(_scalar(integer(1), "an integer")),
     "attempt_log_max": Key(_scalar(positive(parse_size), "a size")),
+    "journal": Key(section({"sync": Key(_scalar(choice(*JOURNAL_SYNC), "a sync mode"))})),
 }

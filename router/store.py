@@ -142,12 +142,19 @@ ORDER BY d.seq
 # --------------------------------------------------------------------------- connections
 
 
-def open_writer(path: str, max_pages: int | None = None) -> sqlite3.Connection:
+def open_writer(
+    path: str, max_pages: int | None = None, sync: str = "full"
+) -> sqlite3.Connection:
     """Create the directory (0700), the file (0600) and the schema; return the writer.
 
-    WAL with ``synchronous=FULL``: a committed transaction survives kill -9 and
-    power loss. ``isolation_level=None``: the caller issues BEGIN and COMMIT.
+    WAL with ``synchronous=FULL`` (``sync="full"``): a committed transaction survives
+    kill -9 and power loss, at the price of an fsync per commit. ``"normal"`` skips
+    that fsync: a commit still survives kill -9 (it is in the WAL, in the OS's cache)
+    but the last ones can be lost if the machine loses power or the kernel crashes.
+    ``isolation_level=None``: the caller issues BEGIN and COMMIT.
     """
+    if sync not in ("full", "normal"):
+        raise ValueError(f"journal sync must be full or normal, not {sync!r}")
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
@@ -159,7 +166,7 @@ def open_writer(path: str, max_pages: int | None = None) -> sqlite3.Connection:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
             log.warning("journal %s: WAL mode unavailable, using %s", path, mode)
-        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA synchronous = {sync.upper()}")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise RouterError(

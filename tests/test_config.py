@@ -918,3 +918,10 @@ def test_the_example_config_loads_as_shipped():
     assert any(len(w.rules) > 1 for w in config.webhooks)
     assert any(r.where is not None for w in config.webhooks for r in w.rules)
     assert os.path.isabs(config.path)
+
+
+def test_journal_sync_is_full_unless_normal_is_asked_for():
+    assert load_text("webhooks: []\n").journal_sync == "full"
+    assert load_text("journal: {sync: normal}\n").journal_sync == "normal"
+    (error,) = errors_of("journal:\n  sync: fast\n")
+    assert error.startswith("router.yaml:2: journal.sync: expected one of full, normal")

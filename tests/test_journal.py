@@ -790,3 +790,12 @@ def test_past_its_byte_bound_even_without_responses_the_oldest_outcomes_go(
     assert {a["response"] for a in attempts(conn, "a", 10)} == {""}
     assert f"dropped the {8 - len(written)} oldest outcomes" in caplog.text
     assert saved_states(conn)["a"] == WebhookState("failing", None, 8)  # states are kept
+
+
+@pytest.mark.parametrize(("sync", "level"), [("full", 2), ("normal", 1)])
+def test_the_writer_commits_with_the_sync_mode_asked_for(tmp_path, sync, level):
+    conn = store.open_writer(str(tmp_path / "j.db"), sync=sync)
+    try:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == level
+    finally:
+        conn.close()
