@@ -29,11 +29,12 @@ format: $(VENV)/.installed
 	$(VENV)/bin/ruff format router tests bench
 	$(VENV)/bin/ruff check --fix router tests bench
 
+# Every target of issue 7 against nginx (installed here if missing), medians of BENCH_RUNS runs;
+# BENCH_ARGS=--quick for tiny sizes. About 10 minutes with 3 runs.
+BENCH_RUNS ?= 3
 bench: $(VENV)/.installed
-	$(PY) bench/bench_filter.py
-	$(PY) bench/bench_journal.py
-	$(PY) bench/bench_delivery.py
-	$(PY) bench/bench_scale.py
+	sh bench/install_nginx.sh
+	$(PY) bench/bench.py --runs $(BENCH_RUNS) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var *.egg-info .pytest_cache

@@ -1,4 +1,4 @@
-"""Shared pieces of the daemon benchmarks: a receiver process, the daemon as a subprocess, /proc.
+"""Shared pieces of the daemon benchmarks: the daemon as a subprocess, /proc figures.
 
 Nothing here asserts on timing. Every wait has a deadline; every process started is
 stopped by its owner's ``close()`` (callers use try/finally).
@@ -6,8 +6,6 @@ stopped by its owner's ``close()`` (callers use try/finally).
 
 from __future__ import annotations
 
-import asyncio
-import multiprocessing as mp
 import os
 import signal
 import socket
@@ -24,119 +22,60 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-# --------------------------------------------------------------------------- receiver process
-
-_REPLY = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+# --------------------------------------------------------------------------- /proc
 
 
-def _receiver_main(conn, counter) -> None:
-    """Child process: an asyncio HTTP/1.1 keep-alive server that answers 200 at once.
-
-    Records (time.time(), path, webhook-id) per request; ``counter`` is a shared
-    int the parent polls without a round trip. Commands on ``conn``: dump, stop.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    records: list[tuple[float, str, str]] = []
-    loop = asyncio.new_event_loop()
-
-    class Proto(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.t = transport
-            self.buf = bytearray()
-
-        def data_received(self, data):
-            buf = self.buf
-            buf += data
-            out = []
-            while True:
-                end = buf.find(b"\r\n\r\n")
-                if end < 0:
-                    break
-                head = bytes(buf[:end]).split(b"\r\n")
-                length = 0
-                wid = ""
-                for line in head[1:]:
-                    name, _, value = line.partition(b":")
-                    name = name.strip().lower()
-                    if name == b"content-length":
-                        length = int(value)
-                    elif name == b"webhook-id":
-                        wid = value.strip().decode()
-                total = end + 4 + length
-                if len(buf) < total:
-                    break
-                path = head[0].split(b" ")[1].decode()
-                del buf[:total]
-                records.append((time.time(), path, wid))
-                counter.value += 1  # single writer: this loop
-                out.append(_REPLY)
-            if out:
-                self.t.write(b"".join(out))
-
-    def on_command():
-        try:
-            cmd = conn.recv()
-        except EOFError:
-            loop.stop()
-            return
-        if cmd == "dump":
-            conn.send(list(records))
-            records.clear()
-        elif cmd == "stop":
-            conn.send("bye")
-            loop.stop()
-
-    server = loop.run_until_complete(
-        loop.create_server(Proto, "127.0.0.1", 0, backlog=1024, reuse_address=True)
-    )
-    conn.send(server.sockets[0].getsockname()[1])
-    loop.add_reader(conn.fileno(), on_command)
-    try:
-        loop.run_forever()
-    finally:
-        server.close()
-        loop.close()
-
-
-class Receiver:
-    """The HTTP receiver in its own process (so its CPU never competes with ours)."""
-
-    def __init__(self) -> None:
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._counter = ctx.Value("q", 0, lock=False)
-        self.proc = ctx.Process(target=_receiver_main, args=(child, self._counter), daemon=True)
-        self.proc.start()
-        if not self._conn.poll(20):
-            self.close()
-            raise RuntimeError("receiver did not start within 20s")
-        self.port = self._conn.recv()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    @property
-    def count(self) -> int:
-        return self._counter.value
-
-    def dump(self) -> list[tuple[float, str, str]]:
-        """Every request recorded since the last dump: (recv time.time(), path, webhook-id)."""
-        self._conn.send("dump")
-        if not self._conn.poll(30):
-            raise RuntimeError("receiver did not answer a dump within 30s")
-        return self._conn.recv()
-
-    def close(self) -> None:
-        if self.proc.is_alive():
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, grandchildren, ...), from /proc's ppid."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
             try:
-                self._conn.send("stop")
-                self._conn.poll(5) and self._conn.recv()
-            except (OSError, EOFError):
-                pass
-            self.proc.join(5)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join(5)
+                with open(f"/proc/{entry}/stat") as f:
+                    parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    out, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, pp in parent.items() if pp in frontier]
+        out += kids
+        frontier = kids
+    return out
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, in seconds (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14, 15 of stat(5)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and every live process below it (a daemon's worker processes)."""
+    return sum(process_cpu_seconds(p) for p in [pid, *descendants(pid)])
+
+
+def tree_memory_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of ``pid`` plus every process below it, in MB (10^6 bytes).
+
+    Each process's own peak is added, so the sum errs high (the peaks need not
+    coincide, and pages shared between processes count once per process).
+    """
+    rss = hwm = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("VmHWM:"):
+                        hwm += int(line.split()[1])
+        except OSError:
+            continue
+    return rss * 1024 / 1e6, hwm * 1024 / 1e6
 
 
 # --------------------------------------------------------------------------- the daemon
@@ -245,10 +184,8 @@ class Daemon:
         )
 
     def cpu_seconds(self) -> float:
-        """utime + stime of the daemon, in seconds."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14, 15 of stat(5)
+        """utime + stime of the daemon's main process, in seconds."""
+        return process_cpu_seconds(self.pid)
 
     def cpu_split(self) -> tuple[float, float]:
         """(user, system) CPU seconds of the daemon."""
