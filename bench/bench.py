@@ -153,20 +153,21 @@ def print_table(sizes: Sizes, results: list[dict], workers: str, quick: bool) ->
             f"{t.key:<4}{t.label:<54}{num(v, t.unit):>11}  {t.op + ' ' + num(t.bar, t.unit):<13}"
             f"{verdict:<6}{' / '.join(num(x, t.unit) for x in per_run)}"
         )
-    print(f"\nPhases (medians; nginx {workers} worker(s): its CPU share shows it is no bottleneck)")
+    print(f"\nPhases (medians; nginx with {workers} worker(s), its share of one core and cost)")
     print(
         f"{'phase':<11}{'deliveries':>11}{'per s':>9}{'dups':>6}{'daemon cores':>14}"
-        f"{'CPU/delivery':>14}{'nginx core':>12}"
+        f"{'CPU/delivery':>14}{'nginx core':>12}{'nginx/req':>11}"
     )
     for name, _ in PHASES:
 
         def m(key: str, name=name) -> float | None:
             return median([r.get(name, {}).get(key) for r in results])
 
+        share, cost = m("nginx_core"), m("nginx_us")
         print(
             f"{name:<11}{num(m('deliveries')):>11}{num(m('deliveries_s')):>9}{num(m('dups')):>6}"
             f"{num(m('cores'), 'cores'):>14}{num(m('cpu_us')) + ' us':>14}"
-            f"{num(100 * m('nginx_core') if m('nginx_core') is not None else None) + ' %':>12}"
+            f"{num(None if share is None else 100 * share) + ' %':>12}{num(cost) + ' us':>11}"
         )
     print(
         "naive-N: the naive loop in N processes (its CPU in 'daemon cores'); latency = nginx"
