@@ -1,7 +1,8 @@
 """``make bench``: every target of issue 7 measured against nginx, next to the naive loop.
 
 Run: ``.venv/bin/python bench/bench.py [--runs N] [--quick] [--nginx-workers 1|auto]``
-(``BENCH_RUNS`` sets the default number of runs, 3). A run is every phase of
+(``BENCH_RUNS`` sets the default number of runs, 3; ``--events``, ``--seconds`` and
+``--webhooks`` change the sizes). A run is every phase of
 ``_phases.Run``, each on a fresh daemon and state dir; the table shows the median
 of the runs, ratios taken within each run. Then the parts alone:
 ``bench_filter.py`` and ``bench_journal.py``.
@@ -13,6 +14,7 @@ Prints; judges nothing but the PASS/MISS column. Exit 0 when every phase ran
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import shutil
@@ -192,11 +194,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "3")))
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 run: it still runs")
+    parser.add_argument("--events", type=int, help="events of the burst phases (20,000)")
+    parser.add_argument("--seconds", type=float, help="length of each latency phase (10)")
+    parser.add_argument("--webhooks", type=int, help="webhooks configured in 'many' (10,000)")
     parser.add_argument("--nginx-workers", default="1", help="worker_processes: 1 or auto")
     parser.add_argument("--no-parts", action="store_true", help="skip bench_filter/journal")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, journals)")
     args = parser.parse_args()
     sizes, runs = (QUICK, 1) if args.quick else (Sizes(), max(1, args.runs))
+    given = {k: v for k in ("events", "seconds", "webhooks") if (v := getattr(args, k))}
+    if "webhooks" in given:  # the active share stays a fifth
+        given["active"] = max(1, given["webhooks"] // 5)
+    sizes = dataclasses.replace(sizes, **given)
     for line in machine():
         print(line)
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
