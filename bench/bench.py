@@ -126,7 +126,7 @@ def num(v: float | None, unit: str = "") -> str:
         return f"{v:.2f}x"
     if unit == "cores":
         return f"{v:.2f}"
-    return f"{v:.2f} {unit}" if unit in ("ms", "s") else f"{v:.0f} {unit}"
+    return f"{v:,.2f} {unit}" if unit in ("ms", "s") else f"{v:,.0f} {unit}"
 
 
 def median(values: list[float | None]) -> float | None:
@@ -206,6 +206,7 @@ def main() -> int:
     if "webhooks" in given:  # the active share stays a fifth
         given["active"] = max(1, given["webhooks"] // 5)
     sizes = dataclasses.replace(sizes, **given)
+    began = time.monotonic()
     for line in machine():
         print(line)
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -243,6 +244,7 @@ def main() -> int:
     print_table(sizes, results, args.nginx_workers, args.quick)
     if not args.no_parts:
         failed |= not run_parts(args.quick)
+    print(f"\nbench took {(time.monotonic() - began) / 60:.1f} min")
     if args.keep or failed:
         print(f"kept {tmp}")
     else:
