@@ -1,9 +1,11 @@
 """The delivery pool: worker threads that sign and send one HTTP attempt each and report facts.
 
 The pool never decides about retries; it hands an ``AttemptResult`` to the
-supervisor's callback. All workers share one urllib3 ``PoolManager`` (keep-alive)
-and a second one whose connections refuse private addresses at connect time
-(SPEC §5; the check is ``router.guard``, the headers ``router.signing``).
+supervisor's callback. All workers share one urllib3 connection pool (keep-alive)
+per origin: scheme, host, port, and whether its connections refuse private
+addresses at connect time (SPEC §5; the check is ``router.guard``). What every
+attempt of a webhook config shares (origin, path, timeout, static headers from
+``router.signing``) is worked out once per config, not per attempt.
 
 Each attempt has one hard deadline for resolving, connecting, sending and reading:
 the connections resolve and connect with the time left (``router.guard``), and a
@@ -22,18 +24,23 @@ import socket
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
-from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, PoolManager, Timeout
+from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, Timeout
 from urllib3 import exceptions as u3
 from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.util import parse_url
 
 from router.clock import Clock
+from router.config import WebhookConfig
 from router.guard import RESOLVER_THREADS, Bounded, ConnectError, Lookup, Resolver
 from router.messages import Attempt, AttemptResult
-from router.signing import build_headers
+from router.retry import RETRY_AFTER_STATUSES
+from router.signing import HeaderTemplate
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +48,8 @@ RESPONSE_CAP = 64 * 1024  # bytes of response body kept
 HARD_DEADLINE = 1.5  # the watchdog cuts an attempt at this multiple of its timeout
 WATCH_TICK = 0.05  # seconds between watchdog checks while attempts run
 STOP_GRACE = 0.5  # seconds stop() waits past its timeout for idle workers and the watchdog
-NUM_POOLS = 256  # hosts whose keep-alive connections are cached
+NUM_POOLS = 256  # origins whose keep-alive connections are cached
+NUM_TARGETS = 4096  # webhook configs whose URL and static headers are kept worked out
 
 Reply = Callable[[AttemptResult], None]
 
@@ -82,17 +90,91 @@ class _HTTPSConnection(_Watched, HTTPSConnection):
     pass
 
 
-def _pool_manager(maxsize: int, guarded: bool, resolver: Resolver) -> PoolManager:
-    """A PoolManager whose connections use ``resolver``; ``guarded`` ones refuse private hosts."""
-    manager = PoolManager(num_pools=NUM_POOLS, maxsize=maxsize, block=False)
-    attrs = {"guarded": guarded, "resolver": resolver}
-    http = type("HTTPConnection", (_HTTPConnection,), attrs)
-    https = type("HTTPSConnection", (_HTTPSConnection,), attrs)
-    manager.pool_classes_by_scheme = {
-        "http": type("HTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
-        "https": type("HTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": https}),
-    }
-    return manager
+def _pool_classes(resolver: Resolver) -> dict[tuple[str, bool], type[HTTPConnectionPool]]:
+    """Pool classes by (scheme, guarded) whose connections use ``resolver``.
+
+    A guarded pool's connections refuse private hosts at connect time.
+    """
+    classes = {}
+    for scheme, pool, conn in (
+        ("http", HTTPConnectionPool, _HTTPConnection),
+        ("https", HTTPSConnectionPool, _HTTPSConnection),
+    ):
+        for guarded in (False, True):
+            attrs = {"guarded": guarded, "resolver": resolver}
+            connection = type(conn.__name__, (conn,), attrs)
+            classes[scheme, guarded] = type(pool.__name__, (pool,), {"ConnectionCls": connection})
+    return classes
+
+
+class _LRU:
+    """A bounded map, least recently used out first (``dispose`` is called on it)."""
+
+    def __init__(self, size: int, dispose: Callable[[Any], None] = lambda value: None):
+        self._size, self._dispose = size, dispose
+        self._lock = threading.Lock()
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> Any:
+        """Keep ``value`` unless another thread stored one first; return the one kept."""
+        with self._lock:
+            kept = self._items.setdefault(key, value)
+            self._items.move_to_end(key)
+            old = self._items.popitem(last=False)[1] if len(self._items) > self._size else None
+        if old is not None:
+            self._dispose(old)
+        return kept
+
+    def clear(self) -> None:
+        with self._lock:
+            items, self._items = list(self._items.values()), OrderedDict()
+        for value in items:
+            self._dispose(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where and how every attempt of one webhook config goes: worked out once per config.
+
+    ``fault`` says why none of its requests can be built (no values: they may be
+    secrets), checked once here rather than per attempt.
+    """
+
+    webhook: WebhookConfig  # held, so that its id (the cache key) stays its own
+    origin: tuple[str, str, int, bool]  # scheme, host, port, guarded: one connection pool each
+    path: str  # the request target: path and query
+    timeout: Timeout
+    headers: HeaderTemplate | None
+    fault: str | None
+
+    @classmethod
+    def of(cls, webhook: WebhookConfig) -> _Target:
+        """Raises ``LocationValueError`` for a URL without a usable scheme or host."""
+        url = parse_url(webhook.url)
+        scheme = (url.scheme or "http").lower()
+        if scheme not in ("http", "https"):
+            raise u3.URLSchemeUnknown(scheme)
+        if not url.host:
+            raise u3.LocationValueError("no host")
+        port = url.port or (443 if scheme == "https" else 80)
+        origin = (scheme, url.host.lower(), port, not webhook.allow_private_networks)
+        headers, fault = None, None
+        try:
+            headers = HeaderTemplate(webhook)
+        except Exception as exc:  # its message might hold key material: name the type only
+            fault = f"signing failed ({type(exc).__name__})"
+        else:
+            bad = next((name for name, v in headers.static.items() if not _sendable(v)), None)
+            fault = bad and f"the value of header {bad} cannot go in an HTTP header"
+        timeout = Timeout(connect=webhook.timeout, read=webhook.timeout)
+        return cls(webhook, origin, url.request_uri, timeout, headers, fault)
 
 
 # --------------------------------------------------------------------------- watchdog
@@ -210,8 +292,10 @@ class DeliveryPool:
         self._lock = threading.Lock()  # orders _stopping against workers starting attempts
         self._busy: set[threading.Thread] = set()  # workers inside an attempt
         self._watchdog = _Watchdog(self._clock)
-        self._http = _pool_manager(workers, False, resolver)
-        self._guarded = _pool_manager(workers, True, resolver)
+        self._pool_classes = _pool_classes(resolver)
+        self._maxsize = workers  # keep-alive connections per origin: one per worker at most
+        self._origins = _LRU(NUM_POOLS, lambda pool: pool.close())
+        self._targets = _LRU(NUM_TARGETS)
         self._threads = [
             threading.Thread(target=self._work, name=f"delivery-{n}", daemon=False)
             for n in range(1, workers + 1)
@@ -262,8 +346,7 @@ class DeliveryPool:
             )
         self._watchdog.stop()
         self._resolver.stop()
-        self._http.clear()
-        self._guarded.clear()
+        self._origins.clear()
         log.info("delivery pool stopped (%d queued attempts left for the next start)", dropped)
 
     def _is_busy(self, thread: threading.Thread) -> bool:
@@ -301,19 +384,20 @@ class DeliveryPool:
         webhook = attempt.webhook
         started_at = self._clock.time()
         try:
-            body, headers = _request(attempt, int(started_at))
+            target = self._target(webhook)
+            body, headers = _request(target, attempt, int(started_at))
+        except u3.LocationValueError:  # the config's to fix, as a wrong address would be
+            return _result(attempt, started_at, 0.0, error="invalid URL")
         except _Unbuildable as exc:
             error = f"internal error: cannot build the request: {exc}"
             return _result(attempt, started_at, 0.0, error=error, router_fault=True)
-        manager = self._http if webhook.allow_private_networks else self._guarded
-        timeout = Timeout(connect=webhook.timeout, read=webhook.timeout)
         start = self._clock.monotonic()
         response, data, complete, failure = None, b"", False, None
         self._watchdog.begin(start + webhook.timeout * HARD_DEADLINE)
         try:
-            response = manager.urlopen(
-                "POST", webhook.url, body=body, headers=headers, timeout=timeout,
-                retries=False, redirect=False, preload_content=False,
+            response = self._origin(target.origin).urlopen(
+                "POST", target.path, body=body, headers=headers, timeout=target.timeout,
+                retries=False, redirect=False, assert_same_host=False, preload_content=False,
             )  # fmt: skip
             if self._watchdog.fired():
                 raise _TooSlow  # the headers were cut short: not an answer
@@ -336,7 +420,7 @@ class DeliveryPool:
         if 200 <= status < 300:
             return result(status=status, response=data[:RESPONSE_CAP], ok=True)
         retry_after = None
-        if status in (429, 503):
+        if status in RETRY_AFTER_STATUSES:
             retry_after = _retry_after(response.headers.get("Retry-After"), self._clock.time())
         error = (
             f"redirect not followed (HTTP {status})" if 300 <= status < 400 else f"HTTP {status}"
@@ -345,12 +429,36 @@ class DeliveryPool:
             status=status, response=data[:RESPONSE_CAP], error=error, retry_after=retry_after
         )
 
+    def _target(self, webhook: WebhookConfig) -> _Target:
+        """The worked-out target of ``webhook``, kept while that very config is in use.
+
+        Keyed by identity: hashing a config per attempt would cost more than it saves.
+        The entry holds the config, so no other config can have its id while it is cached.
+        """
+        target = self._targets.get(id(webhook))
+        if target is None:
+            target = self._targets.put(id(webhook), _Target.of(webhook))
+        return target
+
+    def _origin(self, origin: tuple[str, str, int, bool]) -> HTTPConnectionPool:
+        """The keep-alive connections of one (scheme, host, port, guarded) origin."""
+        pool = self._origins.get(origin)
+        if pool is None:
+            scheme, host, port, guarded = origin
+            pool = self._pool_classes[scheme, guarded](
+                host, port, maxsize=self._maxsize, block=False
+            )
+            pool = self._origins.put(origin, pool)
+        return pool
+
     def _read(self, response, deadline: float) -> tuple[bytes, bool]:
         """Read up to the cap plus one byte; complete means the body ended within the deadline.
 
         ``read1`` returns what one socket read brings, so the deadline is checked
         between chunks even when the server drips.
         """
+        if response.length_remaining == 0:  # a 204 or Content-Length: 0, the usual answer
+            return b"", True
         chunks, size = [], 0
         try:
             while size <= RESPONSE_CAP:
@@ -377,33 +485,38 @@ class _Unbuildable(Exception):
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # never raw in a header (CR/LF split it)
 
 
-def _request(attempt: Attempt, timestamp: int) -> tuple[bytes, dict[str, str]]:
+def _request(target: _Target, attempt: Attempt, timestamp: int) -> tuple[bytes, dict[str, str]]:
     """The body and headers of one attempt, each checked to be sendable.
 
     ``http.client`` would refuse a header value it cannot encode in Latin-1 or one
     holding CR/LF, deep in the send and with the value in its message; other
-    control characters it sends raw. Checking first names the part at fault.
+    control characters it sends raw. Checking first names the part at fault. The
+    static headers were checked once (``_Target.fault``); the event id is checked
+    here, the rest the router writes itself.
     """
-    webhook, payload = attempt.webhook, attempt.payload
+    if target.fault is not None:
+        raise _Unbuildable(target.fault)
+    assert target.headers is not None
+    payload = attempt.payload
     try:
-        body = payload.for_webhook(webhook.name)
+        body = payload.for_webhook(attempt.webhook.name)
     except UnicodeEncodeError:
         raise _Unbuildable("the event body cannot be encoded as UTF-8") from None
+    if not _sendable(payload.id):
+        raise _Unbuildable("the event id cannot go in an HTTP header")
     try:
-        headers = build_headers(webhook, payload, attempt.number, timestamp, body)
+        headers = target.headers.headers(payload.id, attempt.number, timestamp, body)
     except Exception as exc:  # its message might hold key material: name the type only
         raise _Unbuildable(f"signing failed ({type(exc).__name__})") from None
-    for name, value in headers.items():
-        try:
-            value.encode("latin-1")
-        except UnicodeEncodeError:
-            sendable = False
-        else:
-            sendable = not _CONTROL.search(value)
-        if not sendable:
-            what = "the event id" if name == "webhook-id" else f"the value of header {name}"
-            raise _Unbuildable(f"{what} cannot go in an HTTP header")
     return body, headers
+
+
+def _sendable(value: str) -> bool:
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return not _CONTROL.search(value)
 
 
 def _result(

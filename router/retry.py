@@ -12,6 +12,7 @@ from router.config import RetryConfig
 from router.messages import AttemptResult, WebhookState
 
 JITTER = 0.2  # ±20 %
+RETRY_AFTER_STATUSES = frozenset((429, 503))  # whose Retry-After the next attempt waits for
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,7 @@ def decide(retry: RetryConfig, result: AttemptResult, now: float, rand: float) -
     if result.number >= retry.attempts:
         return GiveUp("exhausted")
     delay = backoff_delay(retry, result.number, rand)
-    if result.retry_after is not None and result.status in (429, 503):
+    if result.retry_after is not None and result.status in RETRY_AFTER_STATUSES:
         delay = max(delay, min(result.retry_after, max(retry.backoff)))
     return RetryAt(now + delay)
 

@@ -18,6 +18,7 @@ import pytest
 import trustme
 from standardwebhooks.webhooks import Webhook
 
+import router.delivery
 import router.guard
 from router import __version__
 from router.config import WebhookConfig
@@ -309,6 +310,50 @@ def test_chunked_response_is_read_whole_and_its_connection_reused(server, pool):
     assert deliver(pool, webhook).response == "accepted"
     assert deliver(pool, webhook).response == "accepted"
     assert server.connections == 1
+
+
+def test_an_empty_204_counts_as_complete_and_keeps_its_connection(server, pool):
+    server.behaviour = Behaviour(status=204, body=b"")
+    webhook = hook(f"http://127.0.0.1:{server.port}/")
+    results = [deliver(pool, webhook), deliver(pool, webhook)]
+    assert [(r.ok, r.status, r.response) for r in results] == [(True, 204, "")] * 2
+    assert server.connections == 1
+
+
+def test_origins_past_the_bound_let_go_of_their_connections_least_recent_first(server, monkeypatch):
+    monkeypatch.setattr(router.delivery, "NUM_POOLS", 2)
+    names = {name: ["127.0.0.1"] for name in ("a.test", "b.test", "c.test")}
+    opened = []
+    with running(workers=1, resolve=stub_resolver(names)) as pool:
+        for name in ("a", "b", "a", "c", "a", "b"):
+            assert deliver(pool, hook(f"http://{name}.test:{server.port}/")).ok
+            opened.append(server.connections)
+    # a is used again before c comes, so b is the one let go; a keeps its connection.
+    assert opened == [1, 2, 2, 3, 3, 4]
+
+
+def test_guarded_and_unguarded_webhooks_never_share_a_connection(server, pool):
+    url = f"http://127.0.0.1:{server.port}/"
+    assert deliver(pool, hook(url, allow_private_networks=True)).ok
+    guarded = deliver(pool, hook(url, allow_private_networks=False))
+    assert (guarded.ok, guarded.error) == (False, "blocked address 127.0.0.1")
+    assert len(server.received) == 1
+
+
+def test_each_config_sends_its_own_url_and_headers_also_after_a_reload(server, pool):
+    for n in range(30):  # new config objects, as a reload makes; freed ones may reuse an id
+        webhook = hook(f"http://127.0.0.1:{server.port}/v{n}", headers=(("X-Version", str(n)),))
+        assert deliver(pool, webhook).ok
+        del webhook
+    assert [(r.path, r.headers["X-Version"]) for r in server.received] == [
+        (f"/v{n}", str(n)) for n in range(30)
+    ]
+
+
+@pytest.mark.parametrize("url", ["http:///no-host", "ftp://127.0.0.1/", "http://[::1/"])
+def test_a_url_that_names_no_http_origin_is_an_invalid_url(pool, url):
+    result = deliver(pool, hook(url))
+    assert (result.ok, result.error, result.router_fault) == (False, "invalid URL", False)
 
 
 def test_dripping_headers_are_cut_within_twice_the_timeout(server, pool):
