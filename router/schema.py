@@ -435,7 +435,7 @@ TOP = {
     "defaults": Key(section(DEFAULTS)),
     "include": Key(_existing(os.path.isdir, "directory")),
     "webhooks": Key(webhook_list),
-    "delivery_workers": Key(_scalar(integer(1), "an integer")),
+    "delivery_workers": Key(_scalar(integer(1, 4096), "an integer")),  # a thread each
     "attempt_log_max": Key(_scalar(positive(parse_size), "a size")),
     "journal": Key(section({"sync": Key(_scalar(choice(*JOURNAL_SYNC), "a sync mode"))})),
 }

@@ -231,7 +231,7 @@ def test_bad_values_are_reported_with_file_line_and_key():
         "with ms, s, m, h or d (500ms, 10s, 5m, 2h, 7d)",
         "router.yaml:5: ingest.max_event_bytes: invalid size 'lots': write bytes or a number "
         "with KiB, MiB or GiB (512KiB)",
-        "router.yaml:6: delivery_workers: expected an integer 1 or more",
+        "router.yaml:6: delivery_workers: expected an integer from 1 to 4096",
     ]
 
 
@@ -925,3 +925,9 @@ def test_journal_sync_is_full_unless_normal_is_asked_for():
     assert load_text("journal: {sync: normal}\n").journal_sync == "normal"
     (error,) = errors_of("journal:\n  sync: fast\n")
     assert error.startswith("router.yaml:2: journal.sync: expected one of full, normal")
+
+
+def test_delivery_workers_are_bounded_since_each_is_a_thread():
+    (error,) = errors_of("delivery_workers: 99999999999999999999999\n")
+    assert error == "router.yaml:1: delivery_workers: expected an integer from 1 to 4096"
+    assert load_text("delivery_workers: 4096\n").delivery_workers == 4096

@@ -533,14 +533,14 @@ def test_a_success_keeps_a_prefix_of_its_response_and_a_failure_all_of_it(make, 
 def test_over_its_ceiling_the_attempt_log_loses_the_oldest_attempts_of_finished_deliveries(
     make, clock, caplog
 ):
+    caplog.set_level(logging.INFO, logger="router.journal")  # before the writer can log it
     j, rec = make(attempt_log_max=300_000)
     seqs = append(j, rec, accepted("held", "a"), *(accepted(f"e{i}", "a") for i in range(12)))
     tried(j, seqs["held"], "h" * 50_000, "h" * 50_000, then="exhausted", at=clock.now)
     for i in range(12):  # each done after a failure: every row younger than the held ones
         tried(j, seqs[f"e{i}"], "f" * 50_000, then="done", at=clock.now + 10 + i)
     conn = j.reader()
-    with caplog.at_level(logging.INFO, logger="router.journal"):
-        wait_until(lambda: states(conn, "a")["e11"][0] == "done")
+    wait_until(lambda: states(conn, "a")["e11"][0] == "done")
     assert accounted(conn) <= 300_000
     log_ = kept(conn)
     assert log_[:2] == [("held", 1), ("held", 2)]  # unfinished: kept though oldest
