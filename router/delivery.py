@@ -457,8 +457,6 @@ class DeliveryPool:
         ``read1`` returns what one socket read brings, so the deadline is checked
         between chunks even when the server drips.
         """
-        if response.length_remaining == 0:  # a 204 or Content-Length: 0, the usual answer
-            return b"", True
         chunks, size = [], 0
         try:
             while size <= RESPONSE_CAP:
