@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from router.messages import EVENT_KEYS
+from router.signing import RESERVED_HEADERS  # the headers the router sets itself
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?")
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -28,8 +29,6 @@ _NAME = re.compile(r"[a-z0-9_-]{1,64}")
 _TCP = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[^:/\[\]\s]+):(\*|\d{1,5})")
 _SPACE = re.compile(r"\s")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_SET_BY_ROUTER = ("content-type", "user-agent", "webhook-id", "webhook-timestamp")
-RESERVED_HEADERS = frozenset((*_SET_BY_ROUTER, "webhook-signature", "webhook-attempt"))
 FIELD_ROOTS = EVENT_KEYS  # what a where-condition's field may start with
 
 
