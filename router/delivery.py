@@ -8,9 +8,7 @@ attempt of a webhook config shares (origin, path, timeout, static headers from
 ``router.signing``) is worked out once per config, not per attempt.
 
 Each attempt has one hard deadline for resolving, connecting, sending and reading:
-the connections resolve and connect with the time left (``router.guard``), and a
-watchdog thread cuts the socket of an attempt that outlives it, so an endpoint
-dripping bytes cannot hold a worker for long.
+the connections and the watchdog that enforce it are ``router.connections``.
 """
 
 from __future__ import annotations
@@ -19,254 +17,31 @@ import contextlib
 import email.utils
 import logging
 import queue
-import re
 import socket
 import ssl
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
-from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, Timeout
+from urllib3 import HTTPConnectionPool
 from urllib3 import exceptions as u3
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.util import parse_url
 
 from router.clock import Clock
 from router.config import WebhookConfig
-from router.guard import RESOLVER_THREADS, Bounded, ConnectError, Lookup, Resolver
+from router.connections import LRU, STOP_GRACE, Target, Watchdog, pool_classes, sendable
+from router.guard import RESOLVER_THREADS, ConnectError, Lookup, Resolver
 from router.messages import Attempt, AttemptResult
 from router.retry import RETRY_AFTER_STATUSES
-from router.signing import HeaderTemplate
 
 log = logging.getLogger(__name__)
 
 RESPONSE_CAP = 64 * 1024  # bytes of response body kept
 HARD_DEADLINE = 1.5  # the watchdog cuts an attempt at this multiple of its timeout
-WATCH_TICK = 0.05  # seconds between watchdog checks while attempts run
-STOP_GRACE = 0.5  # seconds stop() waits past its timeout for idle workers and the watchdog
 NUM_POOLS = 256  # origins whose keep-alive connections are cached
 NUM_TARGETS = 4096  # webhook configs whose URL and static headers are kept worked out
 
 Reply = Callable[[AttemptResult], None]
-
-
-# --------------------------------------------------------------------------- connections
-
-_current = threading.local()  # the running attempt's watchdog slot, per worker thread
-
-
-class _Watched(Bounded):
-    """Tell the watchdog which connection the current attempt uses, and what it is doing.
-
-    The stage names the error of an attempt the watchdog cuts. A connection made
-    just as the watchdog fired (its socket not yet visible to it) is cut here.
-    """
-
-    def deadline(self) -> float:
-        return _current.slot.deadline
-
-    def connect(self) -> None:
-        slot = _attach(self, "connect")
-        super().connect()  # type: ignore[misc]
-        slot.stage = "send"
-        if slot.fired:
-            _cut(self)
-
-    def request(self, *args, **kwargs) -> None:
-        slot = _attach(self, "send")
-        super().request(*args, **kwargs)  # type: ignore[misc]
-        slot.stage = "wait"
-
-
-class _HTTPConnection(_Watched, HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_Watched, HTTPSConnection):
-    pass
-
-
-def _pool_classes(resolver: Resolver) -> dict[tuple[str, bool], type[HTTPConnectionPool]]:
-    """Pool classes by (scheme, guarded) whose connections use ``resolver``.
-
-    A guarded pool's connections refuse private hosts at connect time.
-    """
-    classes = {}
-    for scheme, pool, conn in (
-        ("http", HTTPConnectionPool, _HTTPConnection),
-        ("https", HTTPSConnectionPool, _HTTPSConnection),
-    ):
-        for guarded in (False, True):
-            attrs = {"guarded": guarded, "resolver": resolver}
-            connection = type(conn.__name__, (conn,), attrs)
-            classes[scheme, guarded] = type(pool.__name__, (pool,), {"ConnectionCls": connection})
-    return classes
-
-
-class _LRU:
-    """A bounded map, least recently used out first (``dispose`` is called on it)."""
-
-    def __init__(self, size: int, dispose: Callable[[Any], None] = lambda value: None):
-        self._size, self._dispose = size, dispose
-        self._lock = threading.Lock()
-        self._items: OrderedDict[Any, Any] = OrderedDict()
-
-    def get(self, key: Any) -> Any:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: Any, value: Any) -> Any:
-        """Keep ``value`` unless another thread stored one first; return the one kept."""
-        with self._lock:
-            kept = self._items.setdefault(key, value)
-            self._items.move_to_end(key)
-            old = self._items.popitem(last=False)[1] if len(self._items) > self._size else None
-        if old is not None:
-            self._dispose(old)
-        return kept
-
-    def clear(self) -> None:
-        with self._lock:
-            items, self._items = list(self._items.values()), OrderedDict()
-        for value in items:
-            self._dispose(value)
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """Where and how every attempt of one webhook config goes: worked out once per config.
-
-    ``fault`` says why none of its requests can be built (no values: they may be
-    secrets), checked once here rather than per attempt.
-    """
-
-    webhook: WebhookConfig  # held, so that its id (the cache key) stays its own
-    origin: tuple[str, str, int, bool]  # scheme, host, port, guarded: one connection pool each
-    path: str  # the request target: path and query
-    timeout: Timeout
-    headers: HeaderTemplate | None
-    fault: str | None
-
-    @classmethod
-    def of(cls, webhook: WebhookConfig) -> _Target:
-        """Raises ``LocationValueError`` for a URL without a usable scheme or host."""
-        url = parse_url(webhook.url)
-        scheme = (url.scheme or "http").lower()
-        if scheme not in ("http", "https"):
-            raise u3.URLSchemeUnknown(scheme)
-        if not url.host:
-            raise u3.LocationValueError("no host")
-        port = url.port or (443 if scheme == "https" else 80)
-        origin = (scheme, url.host.lower(), port, not webhook.allow_private_networks)
-        headers, fault = None, None
-        try:
-            headers = HeaderTemplate(webhook)
-        except Exception as exc:  # its message might hold key material: name the type only
-            fault = f"signing failed ({type(exc).__name__})"
-        else:
-            bad = next((name for name, v in headers.static.items() if not _sendable(v)), None)
-            fault = bad and f"the value of header {bad} cannot go in an HTTP header"
-        timeout = Timeout(connect=webhook.timeout, read=webhook.timeout)
-        return cls(webhook, origin, url.request_uri, timeout, headers, fault)
-
-
-# --------------------------------------------------------------------------- watchdog
-
-
-# What a cut attempt was doing when the watchdog fired, as its error says it.
-_CUT = {"connect": "connect timeout", "send": "timeout sending the request",
-        "wait": "response too slow"}  # fmt: skip
-
-
-@dataclass(slots=True)
-class _Slot:
-    deadline: float
-    conn: HTTPConnection | None = None
-    stage: str = "connect"  # a key of _CUT
-    fired: bool = False
-
-
-def _attach(conn: HTTPConnection, stage: str) -> _Slot:
-    slot = _current.slot
-    slot.conn, slot.stage = conn, stage
-    return slot
-
-
-class _Watchdog:
-    """Shut down the socket of any attempt still running after its hard deadline.
-
-    Socket timeouts bound each read, not the whole response: a server dripping one
-    header byte at a time would otherwise hold a worker indefinitely.
-    """
-
-    def __init__(self, clock: Clock):
-        self._clock = clock
-        self._cond = threading.Condition()
-        self._slots: dict[int, _Slot] = {}
-        self._stopped = False
-        # A daemon: it has nothing to finish and must never hold up the process exit.
-        self._thread = threading.Thread(target=self._run, name="delivery-watchdog", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        """End the thread, cutting any attempt still running.
-
-        Without the watchdog nothing bounds such an attempt, and a worker stuck in
-        it (workers are not daemons) would hold up the process exit.
-        """
-        with self._cond:
-            self._stopped = True
-            for slot in self._slots.values():
-                slot.fired = True
-                _cut(slot.conn)
-            self._cond.notify()
-        if self._thread.ident is not None:
-            self._thread.join(STOP_GRACE)
-
-    def begin(self, deadline: float) -> None:
-        slot = _current.slot = _Slot(deadline)
-        with self._cond:
-            self._slots[threading.get_ident()] = slot
-            if len(self._slots) == 1:  # the watchdog sleeps without a timeout only when idle
-                self._cond.notify()
-
-    def fired(self) -> bool:
-        """Whether the current attempt has been cut already."""
-        return _current.slot.fired
-
-    def end(self) -> str | None:
-        """Forget the current attempt; if the watchdog had cut it, the error that says so."""
-        _current.slot = None
-        with self._cond:
-            slot = self._slots.pop(threading.get_ident())
-        return _CUT[slot.stage] if slot.fired else None
-
-    def _run(self) -> None:
-        with self._cond:
-            while not self._stopped:
-                now = self._clock.monotonic()
-                for slot in self._slots.values():
-                    if not slot.fired and slot.deadline <= now:
-                        slot.fired = True
-                        _cut(slot.conn)
-                self._cond.wait(WATCH_TICK if self._slots else None)
-
-
-def _cut(conn: HTTPConnection | None) -> None:
-    sock = getattr(conn, "sock", None)
-    if sock is not None:
-        # The plain socket method: SSLSocket.shutdown would drop TLS state under a reader.
-        with contextlib.suppress(OSError):
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 # --------------------------------------------------------------------------- the pool
@@ -291,11 +66,11 @@ class DeliveryPool:
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # orders _stopping against workers starting attempts
         self._busy: set[threading.Thread] = set()  # workers inside an attempt
-        self._watchdog = _Watchdog(self._clock)
-        self._pool_classes = _pool_classes(resolver)
+        self._watchdog = Watchdog(self._clock)
+        self.pool_classes = pool_classes(resolver)
         self._maxsize = workers  # keep-alive connections per origin: one per worker at most
-        self._origins = _LRU(NUM_POOLS, lambda pool: pool.close())
-        self._targets = _LRU(NUM_TARGETS)
+        self._origins = LRU(NUM_POOLS, lambda pool: pool.close())
+        self._targets = LRU(NUM_TARGETS)
         self._threads = [
             threading.Thread(target=self._work, name=f"delivery-{n}", daemon=False)
             for n in range(1, workers + 1)
@@ -429,7 +204,7 @@ class DeliveryPool:
             status=status, response=data[:RESPONSE_CAP], error=error, retry_after=retry_after
         )
 
-    def _target(self, webhook: WebhookConfig) -> _Target:
+    def _target(self, webhook: WebhookConfig) -> Target:
         """The worked-out target of ``webhook``, kept while that very config is in use.
 
         Keyed by identity: hashing a config per attempt would cost more than it saves.
@@ -437,7 +212,7 @@ class DeliveryPool:
         """
         target = self._targets.get(id(webhook))
         if target is None:
-            target = self._targets.put(id(webhook), _Target.of(webhook))
+            target = self._targets.put(id(webhook), Target.of(webhook))
         return target
 
     def _origin(self, origin: tuple[str, str, int, bool]) -> HTTPConnectionPool:
@@ -445,7 +220,7 @@ class DeliveryPool:
         pool = self._origins.get(origin)
         if pool is None:
             scheme, host, port, guarded = origin
-            pool = self._pool_classes[scheme, guarded](
+            pool = self.pool_classes[scheme, guarded](
                 host, port, maxsize=self._maxsize, block=False
             )
             pool = self._origins.put(origin, pool)
@@ -480,16 +255,13 @@ class _Unbuildable(Exception):
     """The router cannot make this attempt's request; the text says which part, no values."""
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # never raw in a header (CR/LF split it)
-
-
-def _request(target: _Target, attempt: Attempt, timestamp: int) -> tuple[bytes, dict[str, str]]:
+def _request(target: Target, attempt: Attempt, timestamp: int) -> tuple[bytes, dict[str, str]]:
     """The body and headers of one attempt, each checked to be sendable.
 
     ``http.client`` would refuse a header value it cannot encode in Latin-1 or one
     holding CR/LF, deep in the send and with the value in its message; other
     control characters it sends raw. Checking first names the part at fault. The
-    static headers were checked once (``_Target.fault``); the event id is checked
+    static headers were checked once (``Target.fault``); the event id is checked
     here, the rest the router writes itself.
     """
     if target.fault is not None:
@@ -500,21 +272,13 @@ def _request(target: _Target, attempt: Attempt, timestamp: int) -> tuple[bytes, 
         body = payload.for_webhook(attempt.webhook.name)
     except UnicodeEncodeError:
         raise _Unbuildable("the event body cannot be encoded as UTF-8") from None
-    if not _sendable(payload.id):
+    if not sendable(payload.id):
         raise _Unbuildable("the event id cannot go in an HTTP header")
     try:
         headers = target.headers.headers(payload.id, attempt.number, timestamp, body)
     except Exception as exc:  # its message might hold key material: name the type only
         raise _Unbuildable(f"signing failed ({type(exc).__name__})") from None
     return body, headers
-
-
-def _sendable(value: str) -> bool:
-    try:
-        value.encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    return not _CONTROL.search(value)
 
 
 def _result(

@@ -142,9 +142,7 @@ ORDER BY d.seq
 # --------------------------------------------------------------------------- connections
 
 
-def open_writer(
-    path: str, max_pages: int | None = None, sync: str = "full"
-) -> sqlite3.Connection:
+def open_writer(path: str, max_pages: int | None = None, sync: str = "full") -> sqlite3.Connection:
     """Create the directory (0700), the file (0600) and the schema; return the writer.
 
     WAL with ``synchronous=FULL`` (``sync="full"``): a committed transaction survives
