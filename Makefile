@@ -30,7 +30,7 @@ format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix router tests bench
 
 # Every target of issue 7 against nginx (installed here if missing), medians of BENCH_RUNS runs;
-# BENCH_ARGS=--quick for tiny sizes. About 10 minutes with 3 runs.
+# BENCH_ARGS=--quick for tiny sizes. About 7 minutes with 3 runs.
 BENCH_RUNS ?= 3
 bench: $(VENV)/.installed
 	sh bench/install_nginx.sh
