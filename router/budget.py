@@ -20,11 +20,16 @@ QUEUES = 256 * MiB  # the default: all webhooks' in-memory queues together
 DELIVERY_COST = 400  # bytes a delivery held in memory costs besides its body (objects, refs)
 
 
+def body_cost(body: str) -> int:
+    """What a delivery's body costs in memory (what a retry without it saves)."""
+    return sys.getsizeof(body)
+
+
 def delivery_cost(d: Delivery) -> int:
     """What holding ``d`` in memory costs: the one measure the queues and the journal share."""
     if d.stored_body is not None:
         return DELIVERY_COST
-    return DELIVERY_COST + sys.getsizeof(d.payload.body)
+    return DELIVERY_COST + body_cost(d.payload.body)
 
 
 class Budget:

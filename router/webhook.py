@@ -18,7 +18,6 @@ from __future__ import annotations
 import heapq
 import logging
 import random
-import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from router import metrics, retry
-from router.budget import UNLIMITED, Budget, delivery_cost
+from router.budget import UNLIMITED, Budget, body_cost, delivery_cost
 from router.clock import iso
 from router.config import WebhookConfig
 from router.envelope import synthetic
@@ -208,8 +207,9 @@ class WebhookCore:
                 self.budget.give(taken + delivery_cost(d))
                 continue
             full = replace(d, payload=row.payload, stored_body=None)
-            self.held_bytes += delivery_cost(full) - delivery_cost(d)
-            self.budget.give(taken - (delivery_cost(full) - delivery_cost(d)))
+            grown = delivery_cost(full) - delivery_cost(d)  # the body, taken for it in pump
+            self.held_bytes += grown
+            self.budget.give(taken - grown)
             self.in_flight[seq] = full
             effects.append(Send(Attempt(self.config, seq, full.payload, full.attempts + 1)))
         return effects + self.pump(now)
@@ -421,7 +421,7 @@ class WebhookCore:
             return False
         if not self.budget.take(cost):
             return False
-        self.held_bytes += cost
+        self._charge(d)
         self._hold(d)
         return True
 
@@ -441,7 +441,7 @@ class WebhookCore:
     def _lean(d: Delivery, now: float) -> Delivery:
         """A retry due later than the horizon waits without its body (the journal has it)."""
         if d.stored_body is None and d.next_at is not None and d.next_at - now > RETRY_HORIZON:
-            size = sys.getsizeof(d.payload.body)
+            size = body_cost(d.payload.body)
             return replace(d, payload=Payload(d.payload.id, d.payload.type, ""), stored_body=size)
         return d
 
