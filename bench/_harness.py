@@ -123,6 +123,8 @@ class Daemon:
         self._log = None
         self.started_at = 0.0
         self.ready_after: float | None = None
+        self.tag = tag
+        self._spy: subprocess.Popen | None = None
 
     def start(self, ready_timeout: float = 60.0) -> float:
         """Start and wait for READY=1; returns seconds from spawn to READY=1."""
@@ -143,6 +145,7 @@ class Daemon:
                 msg = self.notify.recv(4096).decode()
                 if "READY=1" in msg.splitlines():
                     self.ready_after = time.monotonic() - self.started_at
+                    self._profile()
                     return self.ready_after
             except TimeoutError:
                 pass
@@ -152,6 +155,24 @@ class Daemon:
                 )
             if time.monotonic() >= deadline:
                 raise RuntimeError(f"no READY=1 within {ready_timeout}s:\n" + self.log_tail())
+
+    def _profile(self) -> None:
+        """With ``BENCH_PROFILE=DIR``, sample the daemon and its children with py-spy.
+
+        Only threads holding the GIL are sampled (``--gil``): where the CPU goes.
+        The flat profile is written to ``DIR/TAG.txt`` when the daemon is closed.
+        """
+        where = os.environ.get("BENCH_PROFILE")
+        spy = Path(sys.executable).with_name("py-spy")
+        if not where or not spy.exists():
+            return
+        out = Path(where) / f"{self.tag}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self._spy = subprocess.Popen(
+            [str(spy), "record", "--pid", str(self.pid), "--subprocesses", "--nonblocking",
+             "--gil", "--rate", "250", "--format", "raw", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
 
     @property
     def pid(self) -> int:
@@ -234,6 +255,13 @@ class Daemon:
         return time.monotonic() - started, code
 
     def close(self) -> None:
+        if self._spy is not None:
+            self._spy.send_signal(signal.SIGINT)  # py-spy writes its profile and exits
+            try:
+                self._spy.wait(30)
+            except subprocess.TimeoutExpired:
+                self._spy.kill()
+            self._spy = None
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)

@@ -200,7 +200,15 @@ def main() -> int:
     parser.add_argument("--nginx-workers", default="1", help="worker_processes: 1 or auto")
     parser.add_argument("--no-parts", action="store_true", help="skip bench_filter/journal")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, journals)")
+    parser.add_argument("--phases", help="only these phases, comma-separated (default: all)")
     args = parser.parse_args()
+    phases = PHASES
+    if args.phases:
+        wanted = args.phases.split(",")
+        unknown = set(wanted) - {name for name, _ in PHASES}
+        if unknown:
+            parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+        phases = [(name, phase) for name, phase in PHASES if name in wanted]
     sizes, runs = (QUICK, 1) if args.quick else (Sizes(), max(1, args.runs))
     given = {k: v for k in ("events", "seconds", "webhooks") if (v := getattr(args, k))}
     if "webhooks" in given:  # the active share stays a fifth
@@ -221,7 +229,7 @@ def main() -> int:
             run = Run(tmp / f"run{r + 1}", nginx, sizes, f"r{r + 1}")
             result: dict = {}
             try:
-                for name, phase in PHASES:
+                for name, phase in phases:
                     started = time.monotonic()
                     try:
                         result[name] = phase(run)
