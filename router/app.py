@@ -41,12 +41,14 @@ from router.journal import Journal
 from router.metrics import MetricsServer
 from router.receiver import MAX_OUTSTANDING_BYTES, AckChannel, Bind, Receiver
 from router.scheduler import Scheduler
+from router.senders import Senders
 from router.store import attempts
 from router.supervisor import Disable, Enable, Replay, Wiring
 
 log = logging.getLogger(__name__)
 
 ASK_TIMEOUT = 5.0
+SENDERS_START = 30.0  # seconds the sender processes may take to start
 THREAD_STACK = 512 * 1024  # every thread here is shallow; thousands of supervisors add up
 
 
@@ -84,7 +86,10 @@ class App:
             attempt_log_max=cfg.attempt_log_max,
             sync=cfg.journal_sync,
         )
-        self.pool = DeliveryPool(cfg.delivery_workers, self.clock)
+        if cfg.delivery_processes:
+            self.pool = Senders(cfg.delivery_processes, cfg.delivery_workers, self.clock)
+        else:
+            self.pool = DeliveryPool(cfg.delivery_workers, self.clock)
         self.scheduler = Scheduler(self.clock)
         self.budget = Budget()  # bytes all webhooks' in-memory queues may hold together
         self.starter = Starter()
@@ -111,12 +116,12 @@ class App:
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
         self._lock_state_dir()
         threading.stack_size(THREAD_STACK)
+        self.pool.start()  # sender processes start while the rest does
         self.journal.open()
         # No queue heads now: each webhook loads its own through the memory budget.
         restored = self.journal.load([w.name for w in cfg.webhooks], 0)
         self.journal.start()
         self.scheduler.start()
-        self.pool.start()
         self.starter.start()
         self.dispatcher.start(cfg.webhooks, restored)
         self.filter = self.to_filter.ref = FilterActor.start(
@@ -133,6 +138,7 @@ class App:
         if cfg.metrics_bind:
             self.metrics = MetricsServer(cfg.metrics_bind, self)
             self.metrics.start()
+        self.pool.ready(SENDERS_START)
         log.info(
             "webhook-router %s started: %d webhooks, ingest %s, control %s",
             __version__,
@@ -407,8 +413,8 @@ class App:
 
 # Settings that only a restart changes: a reload warns and keeps the running values.
 _RESTART_ONLY = (
-    "state_dir", "ingest", "control_bind", "metrics_bind", "delivery_workers", "retention",
-    "journal_sync",
+    "state_dir", "ingest", "control_bind", "metrics_bind", "delivery_workers",
+    "delivery_processes", "retention", "journal_sync",
 )  # fmt: skip
 
 

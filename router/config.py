@@ -101,6 +101,7 @@ class Config:
     control_bind: str = ""  # zmq address; default ipc://<state_dir>/control.sock
     metrics_bind: tuple[str, int] | None = ("127.0.0.1", 9464)
     delivery_workers: int = 64
+    delivery_processes: int = 1  # 0: the senders run in the daemon's own process
     attempt_log_max: int = 256 * MiB  # bytes the attempt log may take in the journal
     journal_sync: str = "full"  # full: an ack survives power loss; normal: a crash only
     webhooks: tuple[WebhookConfig, ...] = ()
@@ -255,7 +256,8 @@ def load(path: str, env: Mapping[str, str] | None = None) -> Config:
     if errors:
         raise ConfigError([text for _, _, text in sorted(errors, key=lambda e: e[:2])])
     state_dir = top.get("state_dir", main.resolve(DEFAULT_STATE_DIR))
-    runtime = ("retention", "shutdown_timeout", "delivery_workers", "attempt_log_max")
+    runtime = ("retention", "shutdown_timeout", "delivery_workers", "delivery_processes",
+               "attempt_log_max")  # fmt: skip
     extra = {k: top[k] for k in runtime if k in top}
     if "sync" in top.get("journal", {}):
         extra["journal_sync"] = top["journal"]["sync"]

@@ -200,6 +200,7 @@ class Watchdog:
         self._cond = threading.Condition()
         self._slots: dict[int, _Slot] = {}
         self._stopped = False
+        self._idle = False  # asleep with nothing to watch: the next attempt must wake it
         # A daemon: it has nothing to finish and must never hold up the process exit.
         self._thread = threading.Thread(target=self._run, name="delivery-watchdog", daemon=True)
 
@@ -225,7 +226,8 @@ class Watchdog:
         slot = _current.slot = _Slot(deadline)
         with self._cond:
             self._slots[threading.get_ident()] = slot
-            if len(self._slots) == 1:  # the watchdog sleeps without a timeout only when idle
+            if self._idle:  # otherwise it looks again within WATCH_TICK
+                self._idle = False
                 self._cond.notify()
 
     def fired(self) -> bool:
@@ -247,7 +249,8 @@ class Watchdog:
                     if not slot.fired and slot.deadline <= now:
                         slot.fired = True
                         _cut(slot.conn)
-                self._cond.wait(WATCH_TICK if self._slots else None)
+                self._idle = not self._slots
+                self._cond.wait(None if self._idle else WATCH_TICK)
 
 
 def _cut(conn: HTTPConnection | None) -> None:

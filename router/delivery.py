@@ -81,6 +81,9 @@ class DeliveryPool:
         for thread in self._threads:
             thread.start()
 
+    def ready(self, timeout: float) -> None:
+        """The workers can send once started (``router.senders`` waits for its processes)."""
+
     def submit(self, attempt: Attempt, reply: Reply) -> None:
         """Queue one attempt; ``reply(result)`` is called later from a worker thread."""
         if self._stopping.is_set():

@@ -436,6 +436,7 @@ TOP = {
     "include": Key(_existing(os.path.isdir, "directory")),
     "webhooks": Key(webhook_list),
     "delivery_workers": Key(_scalar(integer(1, 4096), "an integer")),  # a thread each
+    "delivery_processes": Key(_scalar(integer(0, 64), "an integer")),  # 0: in the daemon
     "attempt_log_max": Key(_scalar(positive(parse_size), "a size")),
     "journal": Key(section({"sync": Key(_scalar(choice(*JOURNAL_SYNC), "a sync mode"))})),
 }

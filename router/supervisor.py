@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
+from router.actor import Actor
 from router.config import WebhookConfig
 from router.messages import AttemptResult, Delivery, Loaded, LoadPending, Revive
 from router.webhook import Load, Record, Requeue, Send, WakeAt, WebhookCore
@@ -115,7 +116,7 @@ class Wiring:
 # --------------------------------------------------------------------------- the actor
 
 
-class Supervisor(pykka.ThreadingActor):
+class Supervisor(Actor):
     """Receives a webhook's messages and executes what its core decides."""
 
     def __init__(self, core: WebhookCore, handle: WebhookHandle, wiring: Wiring):
