@@ -104,6 +104,8 @@ class Senders:
         """Queue one attempt; ``reply(result)`` is called later from a reader thread.
 
         All attempts of one webhook go to the same child: its connections stay warm.
+        Results for the same ``reply`` that come back together are handed over in
+        one call, as a tuple of results.
         """
         children = self._children
         child = children[hash(attempt.webhook.name) % len(children)]
@@ -249,26 +251,38 @@ class _Child:
             if not data:
                 break
             unpacker.feed(data)
-            for record in unpacker:
-                self._deliver(record)
+            self._deliver(list(unpacker))
         self._died(self._exit_code())
 
-    def _deliver(self, record: list) -> None:
-        if record[0] == _HELLO:
+    def _deliver(self, records: list[list]) -> None:
+        """Hand each result to its reply; several for one reply go together, as a tuple.
+
+        Results pile up only while the daemon is busy, and then one message to a
+        supervisor for all of its results saves a message per result.
+        """
+        if records and records[0][0] == _HELLO:
             self.up.set()
-            return
+            del records[0]
         with self._lock:
-            job = self._pending.pop(record[0], None)
-        if job is None:
-            return
-        attempt, reply = job
-        fields = dict(zip(_RESULT_FIELDS, record[1:], strict=True))
-        result = AttemptResult(webhook=attempt.webhook.name, seq=attempt.seq,
-                               number=attempt.number, **fields)  # fmt: skip
-        try:
-            reply(result)
-        except Exception:
-            log.exception("%s: event %s: reply callback failed", result.webhook, attempt.payload.id)
+            jobs = [(self._pending.pop(r[0], None), r) for r in records]
+        replies: dict[Any, list[AttemptResult]] = {}
+        for job, record in jobs:
+            if job is not None:
+                attempt, reply = job
+                fields = dict(zip(_RESULT_FIELDS, record[1:], strict=True))
+                replies.setdefault(reply, []).append(
+                    AttemptResult(
+                        webhook=attempt.webhook.name,
+                        seq=attempt.seq,
+                        number=attempt.number,
+                        **fields,
+                    )  # fmt: skip
+                )
+        for reply, results in replies.items():
+            try:
+                reply(results[0] if len(results) == 1 else tuple(results))
+            except Exception:
+                log.exception("%s: reply callback failed", results[0].webhook)
 
     def _exit_code(self) -> int | None:
         if self.proc is None:

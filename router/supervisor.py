@@ -172,6 +172,8 @@ class Supervisor(Actor):
                 return self._handle(answer)
             case AttemptResult():
                 self._run(core.result(message, now))
+            case tuple():  # results that came back together (router.senders)
+                self._run([e for r in message for e in core.result(r, now)])
             case Enqueue(deliveries):
                 self._run(core.enqueue(deliveries, now))
             case Tick():

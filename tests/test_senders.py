@@ -56,14 +56,22 @@ def wait_until(check, what: str, timeout: float = WAIT):
     return value
 
 
+class Results(queue.SimpleQueue):
+    """A reply that takes results one by one or together (a tuple), as the senders give them."""
+
+    def __call__(self, r: AttemptResult | tuple[AttemptResult, ...]) -> None:
+        for one in r if isinstance(r, tuple) else (r,):
+            self.put(one)
+
+
 def attempt(url: str, seq: int = 1, number: int = 1, payload: Payload = PAYLOAD, **cfg) -> Attempt:
     return Attempt(hook(url, **cfg), seq, payload, number)
 
 
 def test_an_attempt_is_sent_by_the_child_and_its_result_comes_back(senders, server):
-    results: queue.SimpleQueue[AttemptResult] = queue.SimpleQueue()
+    results = Results()
     webhook = hook(f"http://127.0.0.1:{server.port}/in", headers=(("X-Team", "blue"),))
-    senders.submit(Attempt(webhook, 7, PAYLOAD, 2), results.put)
+    senders.submit(Attempt(webhook, 7, PAYLOAD, 2), results)
     r = results.get(timeout=WAIT)
     assert (r.webhook, r.seq, r.number, r.ok, r.status, r.response) == (
         "crm-sync", 7, 2, True, 200, "thanks"
@@ -79,8 +87,8 @@ def test_an_attempt_is_sent_by_the_child_and_its_result_comes_back(senders, serv
 def test_failures_come_back_as_facts(senders, server):
     server.behaviour.status = 503
     server.behaviour.headers = {"Retry-After": "7"}
-    results: queue.SimpleQueue[AttemptResult] = queue.SimpleQueue()
-    senders.submit(attempt(f"http://127.0.0.1:{server.port}/x"), results.put)
+    results = Results()
+    senders.submit(attempt(f"http://127.0.0.1:{server.port}/x"), results)
     r = results.get(timeout=WAIT)
     assert (r.ok, r.status, r.error, r.retry_after, r.router_fault) == (
         False, 503, "HTTP 503", 7.0, False
@@ -88,10 +96,10 @@ def test_failures_come_back_as_facts(senders, server):
 
 
 def test_many_attempts_of_many_configs_each_get_their_own_answer(senders, server):
-    results: queue.SimpleQueue[AttemptResult] = queue.SimpleQueue()
+    results = Results()
     configs = [hook(f"http://127.0.0.1:{server.port}/h{n}", name=f"h{n}") for n in range(5)]
     for seq in range(1, 101):
-        senders.submit(Attempt(configs[seq % 5], seq, PAYLOAD, 1), results.put)
+        senders.submit(Attempt(configs[seq % 5], seq, PAYLOAD, 1), results)
     got = [results.get(timeout=WAIT) for _ in range(100)]
     assert sorted(r.seq for r in got) == list(range(1, 101))
     assert all(r.ok and r.webhook == f"h{r.seq % 5}" for r in got)
@@ -101,9 +109,9 @@ def test_many_attempts_of_many_configs_each_get_their_own_answer(senders, server
 
 
 def test_a_body_the_router_cannot_encode_is_the_routers_fault_not_a_stuck_attempt(senders, server):
-    results: queue.SimpleQueue[AttemptResult] = queue.SimpleQueue()
+    results = Results()
     bad = Payload(id="e1", type="T", body='{"id":"e1","data":"\ud800"')  # a lone surrogate
-    senders.submit(attempt(f"http://127.0.0.1:{server.port}/x", payload=bad), results.put)
+    senders.submit(attempt(f"http://127.0.0.1:{server.port}/x", payload=bad), results)
     r = results.get(timeout=WAIT)
     assert r.router_fault and not r.ok
     assert r.error == "internal error: cannot build the request: the event body cannot be " \
@@ -113,10 +121,10 @@ def test_a_body_the_router_cannot_encode_is_the_routers_fault_not_a_stuck_attemp
 
 def test_a_child_that_dies_answers_its_attempts_as_lost_and_is_replaced(senders, server):
     server.behaviour.delay = 60.0  # the attempts are in flight when the child dies
-    results: queue.SimpleQueue[AttemptResult] = queue.SimpleQueue()
+    results = Results()
     url = f"http://127.0.0.1:{server.port}/slow"
     for seq in (1, 2, 3):
-        senders.submit(attempt(url, seq=seq, timeout=90.0), results.put)
+        senders.submit(attempt(url, seq=seq, timeout=90.0), results)
     wait_until(lambda: len(server.received) == 3, "3 requests in flight")
     (old,) = child_pids(senders)
     os.kill(old, signal.SIGKILL)
@@ -129,7 +137,7 @@ def test_a_child_that_dies_answers_its_attempts_as_lost_and_is_replaced(senders,
     server.behaviour.delay = 0.0
     wait_until(lambda: child_pids(senders) and child_pids(senders) != [old], "a new child")
     senders.ready(WAIT)
-    senders.submit(attempt(url, seq=4), results.put)
+    senders.submit(attempt(url, seq=4), results)
     r = results.get(timeout=WAIT)
     assert (r.seq, r.ok) == (4, True)  # the new child knows the config anew
     assert not alive(old)
@@ -140,10 +148,10 @@ def test_stop_lets_running_attempts_finish_and_drops_the_queued_ones(server):
     s.start()
     s.ready(WAIT)
     server.behaviour.delay = 0.5
-    results: queue.SimpleQueue[AttemptResult] = queue.SimpleQueue()
+    results = Results()
     url = f"http://127.0.0.1:{server.port}/x"
     for seq in (1, 2, 3):
-        s.submit(attempt(url, seq=seq), results.put)
+        s.submit(attempt(url, seq=seq), results)
     wait_until(lambda: len(server.received) == 1, "the first attempt running")
     (pid,) = child_pids(s)
     s.stop(10.0)
@@ -169,11 +177,11 @@ def test_attempts_are_spread_over_processes_by_webhook(server):
     try:
         s.ready(WAIT)
         assert len(set(child_pids(s))) == 2
-        results: queue.SimpleQueue[AttemptResult] = queue.SimpleQueue()
+        results = Results()
         names = [f"h{n}" for n in range(20)]
         for seq, name in enumerate(names, 1):
             s.submit(attempt(f"http://127.0.0.1:{server.port}/{name}", seq=seq, name=name),
-                     results.put)  # fmt: skip
+                     results)  # fmt: skip
         assert all(results.get(timeout=WAIT).ok for _ in names)
         for child in s._children:  # each webhook's config went to one child only: its own
             sent = {webhook.name for _, webhook in child._configs.values()}
@@ -181,3 +189,23 @@ def test_attempts_are_spread_over_processes_by_webhook(server):
             assert sent
     finally:
         s.stop(1.0)
+
+
+def test_results_for_one_reply_that_arrive_together_are_handed_over_in_one_call():
+    s = Senders(processes=1, workers=1)  # never started: the reader's part alone
+    child = s._children[0]
+    mine: list = []
+    other: list = []
+    webhook = hook("http://127.0.0.1:9/")
+    for token, reply in ((1, mine.append), (2, mine.append), (3, mine.append), (4, other.append)):
+        child._pending[token] = (Attempt(webhook, token, PAYLOAD, 1), reply)
+    ok = [True, 200, None, None, 0.01, "", 0.0, False]
+    child._deliver([[0], [1, *ok], [2, *ok], [4, *ok], [3, *ok], [99, *ok]])  # 99: not ours
+    assert child.up.is_set()  # [0] is the child's hello
+    (together,) = mine
+    assert [r.seq for r in together] == [1, 2, 3]
+    (alone,) = other
+    assert alone.seq == 4  # a plain result, not a tuple
+    assert child._pending == {}
+    for end in (child.sock, child._theirs):
+        end.close()

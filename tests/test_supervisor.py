@@ -21,6 +21,7 @@ from router.messages import (
     AttemptResult,
     Delivery,
     LoadPending,
+    Outcome,
     Payload,
     Rebuild,
     WebhookState,
@@ -157,6 +158,21 @@ def test_a_message_after_retiring_starts_a_new_actor_on_the_same_core(parts):
     assert (attempt.seq, attempt.number) == (2, 1)
     reply(ok(attempt))
     wait_until(lambda: not h.running() and h.snapshot()["delivered"] == 2)
+
+
+def test_results_that_come_back_together_are_handled_each_in_turn(parts):
+    h = handle_for(parts)
+    h.tell(Enqueue(tuple(delivery(seq) for seq in range(1, 7))))
+    wait_until(lambda: len(parts.pool.items) == 4)  # max_in_flight
+    first = parts.pool.items[:4]
+    reply = first[0][1]
+    reply(tuple(ok(attempt) for attempt, _ in first))  # one message for four results
+    wait_until(lambda: len(parts.pool.items) == 6)
+    assert [a.seq for a, _ in parts.pool.items[4:]] == [5, 6]
+    reply(tuple(ok(attempt) for attempt, _ in parts.pool.items[4:]))
+    wait_until(lambda: h.snapshot()["delivered"] == 6 if not h.running() else False)
+    outcomes = [m[0] for m in parts.journal.items if isinstance(m[0], Outcome)]
+    assert sorted(o.seq for o in outcomes) == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_busy_supervisor_keeps_its_thread(parts):
