@@ -21,6 +21,7 @@ webhook's health, and their deliveries are retried like any other.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -31,6 +32,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -43,7 +45,7 @@ from router.messages import Attempt, AttemptResult, Payload
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 1 << 18  # bytes per socket read
+READ_SIZE = 1 << 16  # bytes per socket read, into one buffer reused
 NUM_CONFIGS = 4096  # webhook configs a child keeps worked out (as the pool's targets)
 RESTART_BACKOFF = (0.1, 5.0)  # seconds before starting a child again: first, most
 STOP_GRACE = 2.0  # seconds a child may take past the stop timeout before it is killed
@@ -53,9 +55,9 @@ STOP_GRACE = 2.0  # seconds a child may take past the stop timeout before it is 
 _CONFIG, _FORGET, _ATTEMPT, _STOP = 0, 1, 2, 3
 _HELLO = 0
 
-# The fields of a result after its token, in order (the rest the daemon knows).
-_RESULT_FIELDS = ("ok", "status", "error", "retry_after", "latency", "response", "started_at",
-                  "router_fault")  # fmt: skip
+# The fields of a result after its token, in AttemptResult's order: what the daemon
+# does not know already (the webhook, seq and attempt number are the token's).
+_RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(AttemptResult))[3:]
 
 # The fields of a webhook config a child needs to send to it.
 _SENDABLE = ("name", "url", "secrets", "timeout", "headers", "signature", "signature_header",
@@ -242,16 +244,9 @@ class _Child:
             self._theirs.close()
             self._died(None)
             return
-        unpacker, sock = _unpacker(), self.sock
-        while True:
-            try:
-                data = sock.recv(READ_SIZE)
-            except OSError:
-                data = b""
-            if not data:
-                break
-            unpacker.feed(data)
-            self._deliver(list(unpacker))
+        records = _records(self.sock)
+        while (batch := next(records, None)) is not None:
+            self._deliver(batch)
         self._died(self._exit_code())
 
     def _deliver(self, records: list[list]) -> None:
@@ -269,15 +264,10 @@ class _Child:
         for job, record in jobs:
             if job is not None:
                 attempt, reply = job
-                fields = dict(zip(_RESULT_FIELDS, record[1:], strict=True))
-                replies.setdefault(reply, []).append(
-                    AttemptResult(
-                        webhook=attempt.webhook.name,
-                        seq=attempt.seq,
-                        number=attempt.number,
-                        **fields,
-                    )  # fmt: skip
+                result = AttemptResult(
+                    attempt.webhook.name, attempt.seq, attempt.number, *record[1:]
                 )
+                replies.setdefault(reply, []).append(result)
         for reply, results in replies.items():
             try:
                 reply(results[0] if len(results) == 1 else tuple(results))
@@ -335,6 +325,21 @@ class _Child:
         self._reader.join(STOP_GRACE)
 
 
+def _records(sock: socket.socket) -> Iterator[list[list]]:
+    """The records that each socket read completes, until end-of-file or an error."""
+    unpacker, buf = _unpacker(), bytearray(READ_SIZE)
+    view = memoryview(buf)
+    while True:
+        try:
+            n = sock.recv_into(buf)
+        except OSError:
+            return
+        if not n:
+            return
+        unpacker.feed(view[:n])
+        yield list(unpacker)
+
+
 def _sendable(webhook: Any) -> list:
     """What a child needs of a webhook config to send to it: no rules, nothing else."""
     out = []
@@ -374,24 +379,22 @@ def child_main(fd: int, threads: int, level: str) -> int:
     pool.start()
     out.send([_HELLO])
     configs: dict[int, Any] = {}
-    unpacker, stop_after = _unpacker(), None
-    try:
-        while stop_after is None and (data := sock.recv(READ_SIZE)):
-            unpacker.feed(data)
-            for record in unpacker:
-                kind = record[0]
-                if kind == _ATTEMPT:
-                    _, token, key, seq, pid, ptype, body, number = record
-                    attempt = Attempt(configs[key], seq, Payload(pid, ptype, body), number)
-                    pool.submit(attempt, partial(out.result, token))
-                elif kind == _CONFIG:
-                    configs[record[1]] = _config(record[2:])
-                elif kind == _FORGET:
-                    configs.pop(record[1], None)
-                elif kind == _STOP:
-                    stop_after = record[1]
-    except OSError as exc:
-        log.error("sender process: reading from the daemon failed: %s", exc)
+    stop_after = None
+    for batch in _records(sock):  # until a stop, or the daemon's end (end-of-file)
+        for record in batch:
+            kind = record[0]
+            if kind == _ATTEMPT:
+                _, token, key, seq, pid, ptype, body, number = record
+                attempt = Attempt(configs[key], seq, Payload(pid, ptype, body), number)
+                pool.submit(attempt, partial(out.result, token))
+            elif kind == _CONFIG:
+                configs[record[1]] = _config(record[2:])
+            elif kind == _FORGET:
+                configs.pop(record[1], None)
+            elif kind == _STOP:
+                stop_after = record[1]
+        if stop_after is not None:
+            break
     pool.stop(stop_after or 0.0)  # on end-of-file nobody waits for the results
     sock.close()
     return 0
