@@ -9,6 +9,7 @@ figure; ``bench.py`` compares them with the targets.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -134,6 +135,9 @@ class Run:
         workdir.mkdir(parents=True)
         cfg = base_config(workdir, hooks)
         cfg["defaults"]["signature"] = "standard"  # signing is part of the cost
+        for setting in filter(None, os.environ.get("BENCH_SET", "").split(",")):
+            key, _, value = setting.partition("=")  # bench.py --set KEY=VALUE
+            cfg[key] = yaml.safe_load(value)
         path = workdir / "router.yaml"
         dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
         path.write_text(yaml.dump(cfg, Dumper=dumper, sort_keys=False))
@@ -306,7 +310,7 @@ class Run:
         slots already due) and reads acks while it waits.
         """
         d = self._daemon(
-            f"latency-{rate:g}x{hooks}",
+            f"lat-{rate:g}" + (f"x{hooks}" if hooks > 1 else ""),  # named as its phase
             [{"name": f"hook-{i}", "url": self.nginx.url(f"/h/{i}")} for i in range(hooks)],
         )
         try:

@@ -35,6 +35,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _nginx
+import _profile
 from _harness import ROOT
 from _phases import QUICK, Run, Sizes
 
@@ -177,6 +178,16 @@ def print_table(sizes: Sizes, results: list[dict], workers: str, quick: bool) ->
     )
 
 
+def print_profiles(where: Path, result: dict) -> None:
+    """Each phase's CPU per delivery of the last run, split by part (``_profile``)."""
+    print("\nWhere the CPU went (py-spy, the last run; its sampling slows every phase):")
+    for name, _ in PHASES:
+        path = where / f"{name}.txt"
+        if path.exists():
+            print("\n".join(_profile.table(path, cpu_us=result.get(name, {}).get("cpu_us"))))
+    shutil.rmtree(where, ignore_errors=True)
+
+
 def run_parts(quick: bool) -> bool:
     """The parts alone, after the table: the filter and the journal."""
     ok = True
@@ -201,7 +212,20 @@ def main() -> int:
     parser.add_argument("--no-parts", action="store_true", help="skip bench_filter/journal")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, journals)")
     parser.add_argument("--phases", help="only these phases, comma-separated (default: all)")
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="sample each daemon with py-spy and print where its CPU went, by part (slower)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a top-level config setting of every daemon, e.g. delivery_workers=8",
+    )  # fmt: skip
     args = parser.parse_args()
+    os.environ["BENCH_SET"] = ",".join(args.set)
+    profiles = None
+    if args.profile:
+        profiles = Path(tempfile.mkdtemp(prefix="bench-profiles-"))
+        os.environ["BENCH_PROFILE"] = str(profiles)
     phases = PHASES
     if args.phases:
         wanted = args.phases.split(",")
@@ -250,6 +274,8 @@ def main() -> int:
     finally:
         nginx.close()
     print_table(sizes, results, args.nginx_workers, args.quick)
+    if profiles is not None:
+        print_profiles(profiles, results[-1] if results else {})
     if not args.no_parts:
         failed |= not run_parts(args.quick)
     print(f"\nbench took {(time.monotonic() - began) / 60:.1f} min")
