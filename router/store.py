@@ -142,14 +142,23 @@ ORDER BY d.seq
 # --------------------------------------------------------------------------- connections
 
 
-def open_writer(path: str, max_pages: int | None = None, sync: str = "full") -> sqlite3.Connection:
+def open_writer(
+    path: str,
+    max_pages: int | None = None,
+    sync: str = "full",
+    wal_pages: int = 1000,
+    wal_bytes: int = -1,
+) -> sqlite3.Connection:
     """Create the directory (0700), the file (0600) and the schema; return the writer.
 
     WAL with ``synchronous=FULL`` (``sync="full"``): a committed transaction survives
     kill -9 and power loss, at the price of an fsync per commit. ``"normal"`` skips
     that fsync: a commit still survives kill -9 (it is in the WAL, in the OS's cache)
     but the last ones can be lost if the machine loses power or the kernel crashes.
-    ``isolation_level=None``: the caller issues BEGIN and COMMIT.
+    ``isolation_level=None``: the caller issues BEGIN and COMMIT. A commit that leaves
+    ``wal_pages`` or more in the WAL copies them into the file (a checkpoint) before
+    it returns; when the WAL starts again, a file bigger than ``wal_bytes`` is cut back
+    to that (-1: never).
     """
     if sync not in ("full", "normal"):
         raise ValueError(f"journal sync must be full or normal, not {sync!r}")
@@ -165,6 +174,8 @@ def open_writer(path: str, max_pages: int | None = None, sync: str = "full") -> 
         if mode.lower() != "wal":
             log.warning("journal %s: WAL mode unavailable, using %s", path, mode)
         conn.execute(f"PRAGMA synchronous = {sync.upper()}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {int(wal_pages)}")
+        conn.execute(f"PRAGMA journal_size_limit = {int(wal_bytes)}")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise RouterError(
@@ -184,6 +195,30 @@ def open_writer(path: str, max_pages: int | None = None, sync: str = "full") -> 
         conn.close()
         raise
     return conn
+
+
+def open_checkpointer(path: str, sync: str) -> sqlite3.Connection:
+    """A connection that only checkpoints, for a thread other than the writer's.
+
+    It fsyncs what it copies as the writer would (``sync``): a checkpoint with
+    ``synchronous=OFF`` could lose committed pages in a power cut.
+    """
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA synchronous = {sync.upper()}")
+    except sqlite3.Error as e:
+        raise RouterError(f"cannot open journal {path}: {e}") from e
+    return conn
+
+
+def checkpoint(conn: sqlite3.Connection) -> tuple[int, int]:
+    """Copy the WAL's committed pages into the file, never waiting for the writer (PASSIVE).
+
+    Returns the WAL's size in pages and how many of them are now in the file; the
+    writer starts the WAL again from its beginning once they are all there.
+    """
+    _, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return pages, copied
 
 
 def open_reader(path: str) -> sqlite3.Connection:
@@ -219,33 +254,41 @@ def insert_events(conn: sqlite3.Connection, msg: Append, now: float) -> list[Com
     return out
 
 
-def record_outcome(conn: sqlite3.Connection, msg: Outcome) -> None:
-    """Set the delivery's new state and add the attempt to the attempt log."""
-    if msg.state not in (DONE, PENDING, EXHAUSTED):
-        raise ValueError(f"bad delivery state {msg.state!r}")
-    r = msg.result
+def record_outcomes(conn: sqlite3.Connection, outcomes: list[Outcome]) -> None:
+    """Set each delivery's new state and add each attempt to the attempt log, in order.
+
+    Two statements for the whole list (the states first, then the attempts): each
+    attempt row's trim order depends only on its delivery's final state, which the
+    triggers keep true in either order.
+    """
+    for msg in outcomes:
+        if msg.state not in (DONE, PENDING, EXHAUSTED):
+            raise ValueError(f"bad delivery state {msg.state!r}")
     # A done delivery stays done (a repeated Outcome is harmless); a cancelled one may
     # only become done, when an attempt already in flight succeeded.
-    conn.execute(
-        "UPDATE deliveries SET state = ?, attempts = ?, next_at = ?"
-        " WHERE seq = ? AND webhook = ? AND state != 'done'"
-        " AND (state != 'cancelled' OR ? = 'done')",
-        (msg.state, r.number, msg.next_at, msg.seq, msg.webhook, msg.state),
+    conn.executemany(
+        "UPDATE deliveries SET state = ?1, attempts = ?2, next_at = ?3"
+        " WHERE seq = ?4 AND webhook = ?5 AND state != 'done'"
+        " AND (state != 'cancelled' OR ?1 = 'done')",
+        [(m.state, m.result.number, m.next_at, m.seq, m.webhook) for m in outcomes],
     )
-    conn.execute(_INSERT_ATTEMPT, {
-        "webhook": msg.webhook, "seq": msg.seq, "number": r.number, "at": r.started_at,
-        "status": r.status, "error": r.error, "latency_ms": r.latency * 1000.0,
-        "response": kept_response(r),
-    })  # fmt: skip
+    conn.executemany(_INSERT_ATTEMPT, [
+        (m.webhook, m.seq, r.number, r.started_at, r.status, r.error, r.latency * 1000.0,
+         kept_response(r))
+        for m in outcomes
+        for r in (m.result,)
+    ])  # fmt: skip
 
 
+# Parameters: ?1 webhook, ?2 seq, ?3 number, ?4 at, ?5 status, ?6 error, ?7 latency_ms,
+# ?8 response.
 _INSERT_ATTEMPT = f"""
 INSERT INTO attempts (
     webhook, seq, event_id, number, at, status, error, latency_ms, response, size, trim_order)
-SELECT :webhook, seq, id, :number, :at, :status, :error, :latency_ms, :response,
-    {_ROW_SIZE.format(cost=ROW_COST, response=":response", error=":error", event_id="id")},
-    CASE WHEN {_UNFINISHED.format(seq=":seq", webhook=":webhook")} THEN 3 ELSE 1 END
-FROM events WHERE seq = :seq ON CONFLICT DO NOTHING
+SELECT ?1, seq, id, ?3, ?4, ?5, ?6, ?7, ?8,
+    {_ROW_SIZE.format(cost=ROW_COST, response="?8", error="?6", event_id="id")},
+    CASE WHEN {_UNFINISHED.format(seq="?2", webhook="?1")} THEN 3 ELSE 1 END
+FROM events WHERE seq = ?2 ON CONFLICT DO NOTHING
 """
 
 
@@ -265,13 +308,13 @@ def prefix(text: str) -> str:
     return text.encode()[:SUCCESS_RESPONSE_CAP].decode(errors="ignore")
 
 
-def save_state(conn: sqlite3.Connection, webhook: str, s: WebhookState) -> None:
-    """Replace the webhook's persisted state."""
-    conn.execute(
-        "INSERT OR REPLACE INTO webhooks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+def save_states(conn: sqlite3.Connection, states: list[tuple[str, WebhookState]]) -> None:
+    """Replace each webhook's persisted state: (webhook, state) pairs, one statement."""
+    conn.executemany("INSERT OR REPLACE INTO webhooks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
         (webhook, s.state, s.disabled_reason, s.consecutive_failures,
-         s.delivered, s.failed, s.last_success, s.last_error),
-    )  # fmt: skip
+         s.delivered, s.failed, s.last_success, s.last_error)
+        for webhook, s in states
+    ])  # fmt: skip
 
 
 def revive(conn: sqlite3.Connection, msg: Revive) -> int:

@@ -30,6 +30,7 @@ from router.messages import (
     LoadPending,
     Outcome,
     Payload,
+    Rebuild,
     Revive,
     SaveState,
     WebhookState,
@@ -259,6 +260,35 @@ def test_stop_writes_everything_already_submitted(make):
     assert len(rec.committed) == 50
 
 
+def in_the_file_alone(db: Path, copy: Path) -> set[str]:
+    """The event ids the database file holds by itself, its WAL left out (a copy of it)."""
+    copy.write_bytes(db.read_bytes())
+    try:
+        with sqlite3.connect(f"file:{copy}?mode=ro", uri=True) as conn:
+            return {eid for (eid,) in conn.execute("SELECT id FROM events")}
+    except sqlite3.DatabaseError:  # copied halfway through a checkpoint: read it again
+        return set()
+    finally:
+        copy.unlink()
+
+
+def test_commits_reach_the_database_file_by_a_checkpoint_beside_the_writer(make, tmp_path):
+    j, rec = make()
+    for i in range(3):  # a few pages: SQLite's own checkpoint in COMMIT waits for 1,000
+        append(j, rec, accepted(f"e{i}", "a"))
+    db = tmp_path / "state" / "journal.db"
+    wait_until(lambda: in_the_file_alone(db, tmp_path / "copy.db") == {"e0", "e1", "e2"})
+    assert rows(j._conn, "PRAGMA wal_autocheckpoint") == [(journal.WAL_BACKSTOP_PAGES,)]
+
+
+def test_stop_closes_the_checkpointer_first_so_no_wal_is_left(make, tmp_path):
+    j, rec = make()
+    append(j, rec, accepted("e1", "a"))
+    j.stop()
+    assert not (tmp_path / "state" / "journal.db-wal").exists()
+    assert not j.alive() and not j._checkpointer._thread.is_alive()
+
+
 # --------------------------------------------------------------------------- appends
 
 
@@ -328,6 +358,65 @@ def test_a_repeated_outcome_for_a_done_delivery_is_harmless(make, clock):
     conn = j.reader()
     wait_until(lambda: len(attempts(conn, "a", 10)) == 2)
     assert states(conn, "a")["e1"] == ("done", 1, None)
+
+
+def in_one_transaction(make, *messages) -> Journal:
+    """A journal that finds ``messages`` all waiting when it starts: one transaction."""
+    j, _ = make(start=False)
+    for msg in messages:
+        j.submit(msg)
+    j.start()
+    return j
+
+
+def test_outcomes_of_one_delivery_in_one_transaction_leave_its_attempts_in_trim_order(make, clock):
+    first, rec = make()
+    seqs = append(first, rec, accepted("e1", "a"), accepted("e2", "a"), accepted("e3", "a"))
+    first.stop()
+    s1, s2, s3 = seqs["e1"], seqs["e2"], seqs["e3"]
+    j = in_one_transaction(
+        make,
+        Outcome("a", s1, result(s1, 1, clock.now, ok=False), "pending", clock.now + 1),
+        Outcome("a", s2, result(s2, 1, clock.now, ok=False), "pending", clock.now + 1),
+        Outcome("a", s1, result(s1, 2, clock.now + 1), "done"),
+        Outcome("a", s2, result(s2, 2, clock.now + 1, ok=False), "exhausted"),
+        Outcome("a", s3, result(s3, 1, clock.now), "done"),
+        SaveState("a", WebhookState(delivered=2)),
+    )
+    j.stop()
+    conn = sqlite3.connect(j.path)
+    # 1: finished; 3: the newest attempt of an unfinished delivery; 2: its older ones.
+    assert rows(conn, "SELECT seq, number, trim_order FROM attempts ORDER BY seq, number") == [
+        (s1, 1, 1), (s1, 2, 1), (s2, 1, 2), (s2, 2, 3), (s3, 1, 1),
+    ]  # fmt: skip
+    assert states(conn, "a") == {"e1": ("done", 2, None), "e2": ("exhausted", 2, None),
+                                 "e3": ("done", 1, None)}  # fmt: skip
+    assert saved_states(conn)["a"].delivered == 2
+    accounted(conn)  # the running count matches the rows
+
+
+def test_a_read_in_a_transaction_sees_the_writes_before_it_and_not_those_after(make, clock):
+    first, rec = make()
+    seqs = append(first, rec, *(accepted(f"e{i}", "a") for i in range(1, 4)))
+    first.stop()
+    replies: queue.Queue = queue.Queue()
+    s1, s2 = seqs["e1"], seqs["e2"]
+    j = in_one_transaction(
+        make,
+        Outcome("a", s1, result(s1, 1, clock.now), "done"),
+        SaveState("a", WebhookState(delivered=1)),
+        Rebuild("a", 10, lambda restored, newest: replies.put(restored)),
+        LoadPending("a", 0, 10, replies.put),
+        Outcome("a", s2, result(s2, 1, clock.now), "done"),
+        Cancel("a"),
+        LoadPending("a", 0, 10, replies.put),
+    )
+    rebuilt, before, after = (replies.get(timeout=DEADLINE) for _ in range(3))
+    assert rebuilt.state.delivered == 1 and rebuilt.queued == 2
+    assert [d.payload.id for d in before.deliveries] == ["e2", "e3"]
+    assert after.deliveries == ()
+    wait_until(lambda: states(j.reader(), "a")["e3"][0] == "cancelled")
+    assert states(j.reader(), "a")["e2"][0] == "done"
 
 
 def test_revive_makes_exhausted_deliveries_pending_with_attempts_reset(make, clock):
