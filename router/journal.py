@@ -5,7 +5,9 @@ blocks for one message, drains whatever else is waiting and applies it all in
 ONE transaction (group commit), so throughput does not hinge on the number of
 fsyncs. ``synchronous=FULL`` in WAL mode (``journal.sync: full``, the default):
 once ``on_commit`` fires, the events survive kill -9 and power loss; with
-``normal`` they survive kill -9 but not a power cut.
+``normal`` they survive kill -9 but not a power cut. Even with ``full``, a commit
+of attempt outcomes alone is not fsynced (``Journal._sync_for``): a power cut can
+lose the last outcomes, and their deliveries go out again.
 
 Each transaction applies its messages without a savepoint apiece (one costs more
 than the message): runs of outcomes and states go in one statement each. Only
@@ -104,6 +106,7 @@ class _Results:
 
 
 _STOP = object()
+_BOOKKEEPING = (Outcome, SaveState)  # what a commit records without an fsync (``_sync_for``)
 
 
 class _Checkpointer:
@@ -196,6 +199,7 @@ class Journal:
         self._on_error = on_error
         self._max_pages = max_pages
         self._sync = sync
+        self._fsyncing = sync == "full"  # the writer's synchronous level now
         # The attempt log's ceiling in bytes (None: none); the writer reads it, reload sets it.
         self.attempt_log_max = attempt_log_max
         self._log_full = ""  # "", "trimming" or "over": one log line per change
@@ -363,6 +367,7 @@ class Journal:
         out = _Results()
         started = time.perf_counter()
         try:
+            self._sync_for(work)
             self._conn.execute("BEGIN IMMEDIATE")
             now = self._clock.time()
             states = {m.webhook: m for m in work if isinstance(m, SaveState)}  # newest wins
@@ -396,6 +401,20 @@ class Journal:
             self._call(self._on_error, append, reason)
         for fn in out.after:
             self._call(fn)
+
+    def _sync_for(self, work: list[Any]) -> None:
+        """Fsync the commit unless it only records attempts (``journal.sync: full``).
+
+        What must survive a power cut is what was acked, and what an operator did.
+        A lost outcome only means its delivery goes out again (at least once), so a
+        transaction of nothing but outcomes and states commits without an fsync;
+        the next fsynced commit makes it durable too (the WAL is one file, synced
+        whole). At light load that halves the fsyncs: an event's and its outcome's.
+        """
+        full = self._sync == "full" and not all(type(m) in _BOOKKEEPING for m in work)
+        if full != self._fsyncing:
+            self._conn.execute(f"PRAGMA synchronous = {'FULL' if full else 'NORMAL'}")
+            self._fsyncing = full
 
     def _apply_all(self, todo: list[Any], now: float, out: _Results) -> None:
         """Apply every message, with no savepoint (each costs more than the message itself).

@@ -888,3 +888,20 @@ def test_the_writer_commits_with_the_sync_mode_asked_for(tmp_path, sync, level):
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == level
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("sync", ["full", "normal"])
+def test_a_commit_of_outcomes_alone_is_not_fsynced_one_with_events_is(make, sync):
+    j, _ = make(start=False, sync=sync)
+    level = {"FULL": 2, "NORMAL": 1}
+
+    def synchronous() -> int:
+        return j._conn.execute("PRAGMA synchronous").fetchone()[0]
+
+    outcome = Outcome("a", 1, result(1, 1, 0.0), "done")
+    j._sync_for([outcome, SaveState("a", WebhookState())])
+    assert synchronous() == level["NORMAL"]  # a power cut may lose it: sent again
+    j._sync_for([Append((accepted("e1", "a"),)), outcome])
+    assert synchronous() == level["FULL" if sync == "full" else "NORMAL"]  # an ack's commit
+    j._sync_for([Cancel("a")])  # what an operator did is kept like an ack
+    assert synchronous() == level["FULL" if sync == "full" else "NORMAL"]
