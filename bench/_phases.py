@@ -19,7 +19,14 @@ from pathlib import Path
 import msgpack
 import yaml
 import zmq
-from _harness import Daemon, base_config, pct, tree_cpu_seconds, tree_memory_mb
+from _harness import (
+    Daemon,
+    base_config,
+    pct,
+    process_cpu_seconds,
+    tree_cpu_seconds,
+    tree_memory_mb,
+)
 from _naive import NaiveLoops
 from _nginx import Hit, Nginx
 from zmq.utils.monitor import recv_monitor_message
@@ -210,20 +217,29 @@ class Run:
             "nginx_us": nginx_cpu / sum(got.values()) * 1e6,
         }
 
-    def _flood(self, addrs: list[str], frames: list[bytes], expected, cpu: Callable) -> dict:
-        """Send ``frames`` over PUSH as fast as ZeroMQ takes them; wait for every delivery."""
+    def _flood(
+        self, addrs: list[str], frames: list[bytes], expected, cpu: Callable, pid: int = 0
+    ) -> dict:
+        """Send ``frames`` over PUSH as fast as ZeroMQ takes them; wait for every delivery.
+
+        With ``pid``, that process's own share (the daemon without its senders) is
+        reported as ``main_cores``.
+        """
         self.nginx.mark()
         sock = self._socket(zmq.PUSH, addrs)
         try:
-            cpu0, ncpu0 = cpu(), self.nginx.cpu_seconds()
+            cpu0, ncpu0, main0 = cpu(), self.nginx.cpu_seconds(), process_cpu_seconds(pid)
             t0 = time.time()
             for f in frames:
                 sock.send(f)
             complete = self._wait(expected)
-            cpu1, ncpu1 = cpu(), self.nginx.cpu_seconds()
+            cpu1, ncpu1, main1 = cpu(), self.nginx.cpu_seconds(), process_cpu_seconds(pid)
         finally:
             sock.close()
-        return self._delivered(expected, t0, complete, cpu1 - cpu0, ncpu1 - ncpu0)
+        out = self._delivered(expected, t0, complete, cpu1 - cpu0, ncpu1 - ncpu0)
+        if pid:
+            out["main_cores"] = (main1 - main0) / out["wall_s"]
+        return out
 
     # ------------------------------------------------------------------ the phases
 
@@ -253,6 +269,7 @@ class Run:
                 [frame(eid) for eid in ids],
                 {("/h/0", eid) for eid in ids},
                 lambda: tree_cpu_seconds(d.pid),
+                d.pid,
             )
             out["hwm_mb"] = tree_memory_mb(d.pid)[1]
             return out
@@ -274,6 +291,7 @@ class Run:
                 [frame(eid) for eid in ids],
                 {(f"/h/{i}", eid) for eid in ids for i in range(k)},
                 lambda: tree_cpu_seconds(d.pid),
+                d.pid,
             )
         finally:
             _stop(d)
@@ -296,7 +314,11 @@ class Run:
                 frames.append(frame(eid, f"p{i}", f"c{i % companies}"))
                 expected.add((f"/h/{i}", eid))
             out |= self._flood(
-                [f"ipc://{d.tmp}/pull.sock"], frames, expected, lambda: tree_cpu_seconds(d.pid)
+                [f"ipc://{d.tmp}/pull.sock"],
+                frames,
+                expected,
+                lambda: tree_cpu_seconds(d.pid),
+                d.pid,
             )
             return out
         finally:
@@ -324,6 +346,7 @@ class Run:
             sock = self._socket(zmq.DEALER, [f"ipc://{d.tmp}/ack.sock"])
             try:
                 cpu0, ncpu0 = tree_cpu_seconds(d.pid), self.nginx.cpu_seconds()
+                main0 = process_cpu_seconds(d.pid)
                 start = time.time()
                 for i, f in enumerate(frames):
                     due = start + i / rate
@@ -338,9 +361,11 @@ class Run:
                 while acks < n and time.monotonic() < deadline and sock.poll(100):
                     acks += _drain(sock)
                 cpu1, ncpu1 = tree_cpu_seconds(d.pid), self.nginx.cpu_seconds()
+                main1 = process_cpu_seconds(d.pid)
             finally:
                 sock.close()
             out = self._delivered(expected, start, complete, cpu1 - cpu0, ncpu1 - ncpu0)
+            out["main_cores"] = (main1 - main0) / out["wall_s"]
             lat = latencies_ms(self.nginx.hits(), sent)
             out |= {"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "max_ms": lat[-1]}
             return out
@@ -362,6 +387,7 @@ class Run:
                 poller.register(s, zmq.POLLIN)
             try:
                 cpu0, ncpu0 = tree_cpu_seconds(d.pid), self.nginx.cpu_seconds()
+                main0 = process_cpu_seconds(d.pid)
                 sent, answered, errors = [0] * k, [0] * k, Counter()
                 t0 = t_last = time.time()
                 deadline = time.monotonic() + max(120.0, len(ids) / 100)
@@ -382,12 +408,14 @@ class Run:
                             t_last = time.time()
                 complete = self._wait(expected)
                 cpu1, ncpu1 = tree_cpu_seconds(d.pid), self.nginx.cpu_seconds()
+                main1 = process_cpu_seconds(d.pid)
             finally:
                 for s in socks:
                     s.close()
             if errors:
                 raise RuntimeError(f"refused events: {dict(errors)}")
             out = self._delivered(expected, t0, complete, cpu1 - cpu0, ncpu1 - ncpu0)
+            out["main_cores"] = (main1 - main0) / out["wall_s"]
             out["acks_s"] = len(ids) / max(t_last - t0, 1e-9)
             return out
         finally:

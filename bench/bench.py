@@ -159,7 +159,7 @@ def print_table(sizes: Sizes, results: list[dict], workers: str, quick: bool) ->
     print(f"\nPhases (medians; nginx with {workers} worker(s), its share of one core and cost)")
     print(
         f"{'phase':<11}{'deliveries':>11}{'per s':>9}{'dups':>6}{'daemon cores':>14}"
-        f"{'CPU/delivery':>14}{'nginx core':>12}{'nginx/req':>11}"
+        f"{'of which main':>15}{'CPU/delivery':>14}{'nginx core':>12}{'nginx/req':>11}"
     )
     for name, _ in PHASES:
 
@@ -169,12 +169,14 @@ def print_table(sizes: Sizes, results: list[dict], workers: str, quick: bool) ->
         share, cost = m("nginx_core"), m("nginx_us")
         print(
             f"{name:<11}{num(m('deliveries')):>11}{num(m('deliveries_s')):>9}{num(m('dups')):>6}"
-            f"{num(m('cores'), 'cores'):>14}{num(m('cpu_us')) + ' us':>14}"
+            f"{num(m('cores'), 'cores'):>14}{num(m('main_cores'), 'cores'):>15}"
+            f"{num(m('cpu_us')) + ' us':>14}"
             f"{num(None if share is None else 100 * share) + ' %':>12}{num(cost) + ' us':>11}"
         )
     print(
-        "naive-N: the naive loop in N processes (its CPU in 'daemon cores'); latency = nginx"
-        " $msec (1 ms resolution, taken at the middle of its ms) - time.time() before the send."
+        "naive-N: the naive loop in N processes (its CPU in 'daemon cores'); 'of which main':"
+        " the daemon's own process, without its sender processes; latency = nginx $msec"
+        " (1 ms resolution, taken at the middle of its ms) - time.time() before the send."
     )
 
 
