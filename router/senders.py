@@ -105,13 +105,13 @@ class Senders:
     def submit(self, attempt: Attempt, reply) -> None:
         """Queue one attempt; ``reply(result)`` is called later from a reader thread.
 
-        All attempts of one webhook go to the same child: its connections stay warm.
-        Results for the same ``reply`` that come back together are handed over in
-        one call, as a tuple of results.
+        The children take turns, attempt by attempt: a busy webhook keeps them all
+        busy (each keeps its own warm connections to it). Results for the same
+        ``reply`` that come back together are handed over in one call, as a tuple.
         """
+        token = next(self._tokens)
         children = self._children
-        child = children[hash(attempt.webhook.name) % len(children)]
-        child.submit(next(self._tokens), attempt, reply)
+        children[token % len(children)].submit(token, attempt, reply)
 
     def stop(self, timeout: float) -> None:
         """Let running attempts finish for up to ``timeout`` seconds; drop queued ones.
