@@ -15,13 +15,14 @@ import functools
 import logging
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 import pykka
 
 from router import RouterError
+from router.actor import Actor
 from router.messages import Accepted, Append, Event
 from router.predicates import Explanation, Test, compile_pred, explain_webhooks
 from router.rules import Rule
@@ -246,7 +247,7 @@ class FilterAddress:
         self.ref.tell(Route(items))
 
 
-class FilterActor(pykka.ThreadingActor):
+class FilterActor(Actor):
     """Thin shell around ``Filter``: one ``Append`` out per ``Route`` in.
 
     An event whose matching raises is still journaled, with no targets, and logged:
@@ -273,19 +274,29 @@ class FilterActor(pykka.ThreadingActor):
         return None
 
     def _route(self, message: Route) -> None:
+        match = self._filter.match
         routed = []
         for item in message.items:
             try:
-                targets = self._filter.match(item.event)
+                targets = match(item.event)
             except Exception:
                 logger.exception(
                     "matching event %s failed; journaled with no targets", item.event.id
                 )
                 targets = ()
-            # The decoded data has served its purpose: from here on only the payload's
-            # text travels, so a small frame that decodes large does not stay large.
-            routed.append(replace(item, event=replace(item.event, data=_NO_DATA), targets=targets))
+            routed.append(_routed(item, targets))
         self._sink(Append(tuple(routed)))
 
 
 _NO_DATA: Any = MappingProxyType({})
+
+
+def _routed(item: Accepted, targets: tuple[str, ...]) -> Accepted:
+    """``item`` with its targets, and without its decoded data, which has served its
+    purpose: from here on only the payload's text travels, so a small frame that
+    decodes large does not stay large. Built field by field, as ``dataclasses.replace``
+    costs several times as much per event (a test checks that no field is left out).
+    """
+    e = item.event
+    event = Event(e.id, e.type, e.timestamp, e.company, e.project, _NO_DATA, e.payload, e.cost)
+    return Accepted(event, item.reply, targets)
