@@ -6,6 +6,7 @@ webhook body is serialised here, once per event, and shared by every target webh
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -21,6 +22,7 @@ from router.clock import Clock
 from router.messages import EVENT_KEYS, Event, Payload
 
 KEYS = EVENT_KEYS  # the top-level keys a frame may hold
+_KEY_SET = frozenset(KEYS)
 MAX_NAME_CHARS = 200  # type and id
 MAX_DEPTH = 100  # nesting inside data; far beyond real payloads, well inside every stack
 # The id travels in the webhook-id header and in the signed content, so it is limited to
@@ -57,34 +59,30 @@ def decode(frame: bytes, max_bytes: int, clock: Clock) -> Event:
         raise BadEvent("not_msgpack", _describe_unpack_error(exc)) from None
     if not isinstance(doc, dict):
         raise BadEvent("not_map", f"the frame holds {_kind(doc)}, not a map")
-    unknown = [k for k in doc if k not in KEYS]
-    if unknown:
+    if not _KEY_SET.issuperset(doc):
+        unknown = [k for k in doc if k not in _KEY_SET]
         names = ", ".join(_short(repr(k)) for k in unknown[:5])
         raise BadEvent("unknown_key", f"unknown top-level key(s) {names}; allowed: {KEYS}")
-    if "type" not in doc:
+    get = doc.get
+    etype = get("type")
+    if etype is None and "type" not in doc:
         raise BadEvent("missing_type", "the event has no 'type'")
-    etype = _name(doc["type"], "bad_type", "type")
-    eid = doc.get("id")
+    etype = _name(etype, "bad_type", "type")
+    eid = get("id")
     eid = new_id(clock) if eid is None else _event_id(eid)
-    company = _optional_str(doc.get("company"), "bad_company", "company")
-    project = _optional_str(doc.get("project"), "bad_project", "project")
-    received = clock.time()
-    ts = received if doc.get("timestamp") is None else _timestamp(doc["timestamp"])
-    data = {} if doc.get("data") is None else doc["data"]
-    if not isinstance(data, dict):
+    company = _optional_str(get("company"), "bad_company", "company")
+    project = _optional_str(get("project"), "bad_project", "project")
+    ts = get("timestamp")
+    ts = clock.time() if ts is None else _timestamp(ts)
+    data = get("data")
+    if data is None:
+        data = {}
+    elif not isinstance(data, dict):
         raise BadEvent("bad_data", f"data must be a map, not {_kind(data)}")
     values = _check_json(data)
-    payload = _payload(eid, etype, ts, company, project, data)
-    return Event(
-        id=eid,
-        type=etype,
-        timestamp=ts,
-        company=company,
-        project=project,
-        data=data,
-        payload=payload,
-        cost=len(frame) + len(payload.body) + VALUE_COST * values,
-    )
+    payload = Payload(eid, etype, _body(eid, etype, ts, company, project, data))
+    cost = len(frame) + len(payload.body) + VALUE_COST * values
+    return Event(eid, etype, ts, company, project, data, payload, cost)
 
 
 # --------------------------------------------------------------------------- fields
@@ -157,6 +155,7 @@ def _check_json(data: dict[str, Any]) -> int:
 
 
 _SCALARS = frozenset({str, int, bool, type(None)})
+_STR_ONLY = frozenset({str})
 
 
 def _valid_values(data: dict[str, Any]) -> int | None:
@@ -175,7 +174,7 @@ def _valid_values(data: dict[str, Any]) -> int | None:
         for container in level:
             if type(container) is dict:
                 values += 2 * len(container)
-                if not all(type(k) is str for k in container):
+                if not _STR_ONLY.issuperset(map(type, container)):
                     return None
                 items = container.values()
             else:
@@ -225,9 +224,18 @@ def _path(parent: str, key: str | int) -> str:
 # --------------------------------------------------------------------------- payload
 
 
-def _payload(
+# Made once: json.dumps with any option builds a new JSONEncoder on every call. Cycles
+# need no check: msgpack cannot make them, and _check_json bounds the depth.
+_JSON = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False
+).encode
+
+
+def _body(
     eid: str, etype: str, ts: float, company: str | None, project: str | None, data: dict
-) -> Payload:
+) -> str:
+    """The webhook body: compact JSON in field order, without the closing brace that
+    ``Payload.for_webhook`` writes after the webhook's name."""
     doc: dict[str, Any] = {"id": eid, "type": etype, "timestamp": _iso(ts)}
     if company is not None:
         doc["company"] = company
@@ -235,22 +243,31 @@ def _payload(
         doc["project"] = project
     doc["data"] = data
     try:
-        text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _JSON(doc)
     except (ValueError, TypeError, RecursionError) as exc:  # _check_json should prevent these
         raise BadEvent("bad_data", f"not representable in JSON: {exc}") from None
-    return Payload(id=eid, type=etype, body=text[:-1])  # for_webhook() closes the object
+    return text[:-1]
 
 
 def synthetic(eid: str, etype: str, ts: float) -> Payload:
     """The payload of an event the router makes itself (a health check, a test event)."""
-    return _payload(eid, etype, ts, None, None, {})
+    return Payload(eid, etype, _body(eid, etype, ts, None, None, {}))
 
 
 def _iso(ts: float) -> str:
     """``2026-11-27T16:38:33.123Z``: UTC, milliseconds, rounded to the nearest one."""
     seconds, millis = divmod(round(ts * 1000), 1000)
+    return _iso_second(seconds) + _MILLIS[millis]
+
+
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_second(seconds: int) -> str:
+    """``2026-11-27T16:38:33``; cached, as most events of a burst share their second."""
     moment = _EPOCH + timedelta(seconds=seconds)
-    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}.{millis:03d}Z"  # %Y: no zeros for year 1
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}"  # %Y: no zeros for year 1
 
 
 # --------------------------------------------------------------------------- ids

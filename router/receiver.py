@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from router import RouterError, envelope, metrics
+from router.actor import Actor
 from router.clock import Clock
 from router.config import IngestConfig, MiB
 from router.messages import Accepted, Committed
@@ -39,6 +39,11 @@ LINGER_MS = 1000  # on stop, queued acks get this long to leave
 HWM = 10_000  # acks queued for one client
 MAX_OUTSTANDING_BYTES = 64 * MiB  # decoded events handed on but not yet journaled
 PEER_QUEUE_BYTES = 16 * MiB  # frames ZeroMQ may queue for us from one producer
+_NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq converts enum flags on every call
+_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
+
+# An answer: the ROUTER envelope (identity frames and delimiter) and the msgpack body.
+Reply = tuple[tuple[bytes, ...], bytes]
 
 
 def frame_limit(max_event_bytes: int) -> int:
@@ -64,15 +69,16 @@ class Poll:
 class AckChannel:
     """Where the journal's thread hands commit results back to the receiver thread.
 
-    The journal calls ``committed``/``failed``; those queue reply frames and wake the
-    receiver through a pipe it polls. ``outstanding`` counts events handed to the sink
-    and not yet answered, ``outstanding_bytes`` what they cost in memory (``Event.cost``):
+    The journal calls ``committed``/``failed``; those queue replies, a batch at a time,
+    and wake the receiver through a pipe it polls; it takes them all at once and sends
+    them in one pass. ``outstanding`` counts events handed to the sink and not yet
+    answered, ``outstanding_bytes`` what they cost in memory (``Event.cost``):
     back-pressure looks at both.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._replies: deque[list[bytes]] = deque()
+        self._replies: list[Reply] = []
         self._outstanding = 0
         self._outstanding_bytes = 0
         self._read_fd, self._write_fd = os.pipe()
@@ -93,8 +99,9 @@ class AckChannel:
 
     def committed(self, results: Iterable[Committed]) -> None:
         """Ack these events: ``ok`` (``duplicate`` when ``seq`` is None)."""
-        frames = []
+        replies: list[Reply] = []
         count = cost = 0
+        pack = msgpack.packb
         for result in results:
             item = result.item
             count += 1
@@ -103,15 +110,15 @@ class AckChannel:
                 ack: dict[str, Any] = {"ok": True, "id": item.event.id}
                 if result.seq is None:
                     ack["duplicate"] = True
-                frames.append([*item.reply, msgpack.packb(ack)])
-        self._answer(frames, count, cost)
+                replies.append((item.reply, pack(ack)))
+        self._answer(replies, count, cost)
 
     def failed(self, items: Iterable[Accepted], reason: str) -> None:
         """Refuse these events (not journaled): ``{"ok": false, "error": reason}``."""
         body = msgpack.packb({"ok": False, "error": reason})
         items = tuple(items)
-        frames = [[*i.reply, body] for i in items if i.reply is not None]
-        self._answer(frames, len(items), sum(i.event.cost for i in items))
+        replies = [(i.reply, body) for i in items if i.reply is not None]
+        self._answer(replies, len(items), sum(i.event.cost for i in items))
 
     def add_outstanding(self, count: int, cost: int = 0) -> None:
         """Called by the receiver before it hands ``count`` events costing ``cost`` to the sink."""
@@ -119,14 +126,13 @@ class AckChannel:
             self._outstanding += count
             self._outstanding_bytes += cost
 
-    def take(self) -> list[list[bytes]]:
+    def take(self) -> list[Reply]:
         """Empty the wake-up pipe and return every reply waiting to be sent."""
         with contextlib.suppress(OSError):  # BlockingIOError: the pipe is empty
             while os.read(self._read_fd, 4096):
                 pass
         with self._lock:
-            replies = list(self._replies)
-            self._replies.clear()
+            replies, self._replies = self._replies, []
         return replies
 
     def close(self) -> None:
@@ -135,9 +141,9 @@ class AckChannel:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def _answer(self, frames: list[list[bytes]], count: int, cost: int) -> None:
+    def _answer(self, replies: list[Reply], count: int, cost: int) -> None:
         with self._lock:
-            self._replies.extend(frames)
+            self._replies += replies
             self._outstanding = max(0, self._outstanding - count)
             self._outstanding_bytes = max(0, self._outstanding_bytes - cost)
         # A full pipe already means "wake up"; a closed one means nobody listens.
@@ -173,7 +179,7 @@ class _LogLimit:
         self._window, self._count, self._suppressed = now, 0, 0
 
 
-class Receiver(pykka.ThreadingActor):
+class Receiver(Actor):
     """Owns the ingest sockets and the ZeroMQ context; see the module docstring.
 
     Memory is bounded by bytes at every step: ``MAXMSGSIZE`` is ``frame_limit()`` (a
@@ -350,8 +356,8 @@ class Receiver(pykka.ThreadingActor):
             for sock in order:
                 if sock is not None and sock in ready and budget[0] > 0 and budget[1] > 0:
                     self._drain(sock, items, budget)
-        if items:
-            self._hand_over(items)
+            if items:
+                self._hand_over(items, room_bytes - budget[1])
         self._send_acks()
         self._limit.flush()
 
@@ -368,15 +374,22 @@ class Receiver(pykka.ThreadingActor):
 
         ``budget`` is [events, bytes] left for this poll, shared by both sockets; the
         event that crosses the byte budget is kept (it is decoded already), then reading
-        stops until commits give room back.
+        stops until commits give room back. Each frame is read as a ``zmq.Frame``
+        (``copy=False``): its ``more`` flag costs much less than the RCVMORE socket
+        option that ``recv_multipart`` reads after every frame.
         """
+        recv = sock.recv
         reads = 0
         while budget[0] > 0 and budget[1] > 0 and reads < BATCH * 2:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                part = recv(_NOBLOCK, copy=False)
             except zmq.Again:
                 return
             reads += 1
+            frames = [part.bytes]
+            while part.more:  # ZeroMQ hands over whole messages: the rest is here
+                part = recv(_NOBLOCK, copy=False)
+                frames.append(part.bytes)
             try:
                 item = self._accept(sock, frames)
             except Exception:
@@ -403,7 +416,7 @@ class Receiver(pykka.ThreadingActor):
         except envelope.BadEvent as bad:
             self._reject(bad, reply)
             return None
-        return Accepted(event=event, reply=reply)
+        return Accepted(event, reply)
 
     def _reject(self, bad: envelope.BadEvent, reply: tuple[bytes, ...] | None) -> None:
         metrics.EVENTS_REJECTED.labels(bad.reason).inc()
@@ -411,14 +424,14 @@ class Receiver(pykka.ThreadingActor):
             source = "ack socket" if reply is not None else "push socket"
             logger.warning("rejected an event on the %s: %s", source, bad)
         if reply is not None and self._router is not None:
-            body = msgpack.packb({"ok": False, "error": str(bad)})
-            self._send(self._router, [*reply, body])
+            self._send(self._router.send, reply, msgpack.packb({"ok": False, "error": str(bad)}))
 
-    def _hand_over(self, items: list[Accepted]) -> None:
+    def _hand_over(self, items: list[Accepted], cost: int) -> None:
+        """Pass the events of one poll to the sink; ``cost`` is what they cost together."""
         batch = tuple(items)
         metrics.EVENTS_RECEIVED.inc(len(batch))
         # Before the sink: it may commit at once.
-        self._channel.add_outstanding(len(batch), sum(i.event.cost for i in batch))
+        self._channel.add_outstanding(len(batch), cost)
         try:
             self._sink(batch)
         except Exception:
@@ -429,12 +442,17 @@ class Receiver(pykka.ThreadingActor):
         replies = self._channel.take()
         if self._router is None:
             return
-        for frames in replies:
-            self._send(self._router, frames)
+        send = self._router.send
+        for reply, body in replies:
+            self._send(send, reply, body)
 
-    def _send(self, sock: zmq.Socket, frames: list[bytes]) -> None:
+    @staticmethod
+    def _send(send: Callable[..., Any], reply: tuple[bytes, ...], body: bytes) -> None:
+        """One answer, frame by frame: ``send_multipart`` costs more than its sends."""
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK)
+            for part in reply:
+                send(part, _MORE)
+            send(body, _NOBLOCK)
         except zmq.Again:
             logger.debug("dropped an answer to a client that is not reading")
         except zmq.ZMQError as exc:

@@ -284,6 +284,45 @@ def test_timestamps_become_epoch_seconds_and_iso_utc_milliseconds(value, epoch, 
     assert json.loads(ev.payload.for_webhook("w"))["timestamp"] == text
 
 
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (1795797513.0004, "2026-11-27T16:38:33.000Z"),
+        (1795797513.9994, "2026-11-27T16:38:33.999Z"),
+        (1795797513.9996, "2026-11-27T16:38:34.000Z"),  # rounds up into the next second
+        (1795823999.9996, "2026-11-28T00:00:00.000Z"),  # the next day
+        (1798761599.9995, "2027-01-01T00:00:00.000Z"),  # the next year
+        (-0.0004, "1970-01-01T00:00:00.000Z"),
+        (-0.001, "1969-12-31T23:59:59.999Z"),
+    ],
+)
+def test_the_body_time_is_rounded_to_the_nearest_millisecond_across_boundaries(value, text):
+    assert json.loads(event(id="e", timestamp=value).payload.for_webhook("w"))["timestamp"] == text
+
+
+def test_events_within_one_second_keep_their_own_milliseconds():
+    base = 1795797513
+    for ms in [*range(1000), 999, 0, 500]:  # one second, then the same second again
+        body = event(id="e", timestamp=base + ms / 1000).payload.for_webhook("w")
+        assert json.loads(body)["timestamp"] == f"2026-11-27T16:38:33.{ms:03d}Z"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"s": 'quote " backslash \\ newline \n tab \t nul \x00 del \x7f', "u": "\u2028 🦆"},
+        {"f": [0.1, 1e16, 1.5e-07, -0.0, 2.5, 1e300], "i": [0, -1, 2**64 - 1, -(2**63)]},
+        {"nested": {"l": [[], {}, [None, True, False]], "e": ""}, "": {"k": [1, {"x": {}}]}},
+    ],
+)
+def test_the_body_is_exactly_the_compact_json_of_the_event(data):
+    ev = event(id="e1", company="c", project="p", data=data)
+    doc = {"id": "e1", "type": "T", "timestamp": "2026-11-27T16:38:33.123Z"}
+    doc |= {"company": "c", "project": "p", "data": data}
+    expected = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    assert ev.payload.body + "}" == expected
+
+
 def test_nil_timestamp_and_data_mean_absent():
     ev = event(timestamp=None, data=None)
     assert ev.timestamp == NOW

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import queue
 from typing import Any
@@ -204,6 +205,23 @@ def test_route_sends_one_append_with_targets_per_batch():
         ("2", ("crm", "audit")),
         ("3", ()),
     ]
+
+
+def test_routing_lets_go_of_the_data_and_keeps_every_other_field():
+    """Every field of ``Event`` and ``Accepted``, present and future, survives the filter."""
+    values = {f.name: object() for f in dataclasses.fields(Event)}
+    values |= {"type": "T", "project": None, "company": None, "data": {"big": [1] * 1000}}
+    others = {f.name: object() for f in dataclasses.fields(Accepted)}
+    del others["event"], others["targets"]
+    ref, out = start_actor(Filter([("w", (rule(),))]))
+    ref.tell(Route((Accepted(event=Event(**values), **others),)))
+    routed = out.get(timeout=WAIT).items[0]
+    assert routed.targets == ("w",)
+    assert not routed.event.data
+    for name, value in {**values, **others}.items():
+        if name != "data":
+            kept = getattr(routed.event if name in values else routed, name)
+            assert kept is value, name
 
 
 def test_swap_applies_between_routes():

@@ -187,6 +187,57 @@ def test_acks_come_only_after_the_journal_commits(start, zctx, delimiter):
     wait_for(lambda: r.channel.outstanding == 0, "nothing outstanding")
 
 
+def test_a_burst_from_several_dealers_is_acked_to_each_its_own_events(start, zctx):
+    r = start()
+    r.journal.gate.clear()  # the acks pile up, then leave together
+    socks = [dealer(zctx, r.ingest.ack_bind) for _ in range(4)]
+    heads = [[b""] if n % 2 else [] for n in range(len(socks))]
+    for n, (sock, head) in enumerate(zip(socks, heads, strict=True)):
+        for i in range(50):
+            sock.send_multipart([*head, msgpack.packb({"type": "T", "id": f"c{n}-{i}"})])
+    wait_for(lambda: len(r.journal.events) == 200, "every event in the sink")
+    r.journal.gate.set()
+    for n, (sock, head) in enumerate(zip(socks, heads, strict=True)):
+        acks = []
+        for _ in range(50):
+            frames = answer(sock)
+            assert frames[:-1] == head
+            acks.append(msgpack.unpackb(frames[-1]))
+        assert acks == [{"ok": True, "id": f"c{n}-{i}"} for i in range(50)]
+        assert not sock.poll(0), "an ack too many"
+    wait_for(lambda: r.channel.outstanding == 0, "nothing outstanding")
+
+
+def test_acks_find_their_way_back_through_a_proxy(start, zctx):
+    """Behind a ROUTER-DEALER proxy, an ack's envelope holds two identities and the delimiter."""
+    r = start()
+    front, back = zctx.socket(zmq.ROUTER), zctx.socket(zmq.DEALER)
+    front_address = f"tcp://127.0.0.1:{front.bind_to_random_port('tcp://127.0.0.1')}"
+    back.connect(r.ingest.ack_bind)
+    control = f"inproc://proxy-control-{id(r)}"
+    steer = zctx.socket(zmq.PAIR)
+    steer.bind(control)
+
+    def run_proxy() -> None:
+        ctl = zctx.socket(zmq.PAIR)
+        ctl.connect(control)
+        zmq.proxy_steerable(front, back, None, ctl)
+        for sock in (front, back, ctl):
+            sock.close(linger=0)
+
+    proxy = threading.Thread(target=run_proxy)
+    proxy.start()
+    try:
+        for n in range(2):
+            ack = send_event(front_address, {"type": "T", "id": f"via-proxy-{n}"}, ack=True)
+            assert ack == {"ok": True, "id": f"via-proxy-{n}"}
+        assert [len(a.reply) for a in r.journal.events] == [3, 3]
+    finally:
+        steer.send(b"TERMINATE")
+        proxy.join(timeout=5)
+        steer.close(linger=0)
+
+
 def test_a_duplicate_is_acked_as_duplicate(start):
     r = start()
     first = send_event(r.ingest.ack_bind, {"type": "T", "id": "same"}, ack=True)
