@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import logging
 import os
 import select
@@ -21,7 +22,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -442,22 +443,37 @@ def _watchdog_interval() -> float | None:
     return int(usec) / 2e6
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while the daemon starts.
+
+    Start builds long-lived objects only (10,000 webhooks make a million), and each
+    collection meanwhile would walk all of them again: half the CPU of a start.
+    """
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def run(config_path: str) -> int:
     """The daemon: load, start, serve until stopped. Returns the exit code."""
-    try:
-        cfg = config.load(config_path)
-    except ConfigError as e:
-        for line in e.errors:
-            log.error("%s", line)
-        log.error("refusing to start: %s is invalid", config_path)
-        return 1
-    app = App(cfg)
-    try:
-        app.start()
-    except RouterError as e:
-        log.error("cannot start: %s", e)
-        app.stop()
-        return 1
+    with _gc_paused():
+        try:
+            cfg = config.load(config_path)
+        except ConfigError as e:
+            for line in e.errors:
+                log.error("%s", line)
+            log.error("refusing to start: %s is invalid", config_path)
+            return 1
+        app = App(cfg)
+        try:
+            app.start()
+        except RouterError as e:
+            log.error("cannot start: %s", e)
+            app.stop()
+            return 1
     try:
         app.serve()
     finally:

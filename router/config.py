@@ -10,11 +10,13 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
 from router import ConfigError
+from router.compose import Each, compose
 from router.guard import blocked_kind
 from router.rules import Rule
 from router.schema import (
@@ -23,17 +25,17 @@ from router.schema import (
     SECRET_KEYS,
     TOP,
     TUNABLES,
+    WEBHOOKS,
     File,
     Map,
     join,
+    reader,
     rule_from,
     section,
     webhook_list,
 )
 from router.validators import parse_duration as parse_duration  # re-exported: callers use config.*
 from router.validators import parse_size as parse_size
-
-_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 5x faster on big files
 
 MiB = 1024 * 1024
 DEFAULT_STATE_DIR = "./var"
@@ -126,7 +128,16 @@ def _blocked(url: str) -> str | None:
 _BUILT = ("retry", "health", "rate_limit")  # tunables made into their own frozen values
 
 
-def _webhook(f: File, path: str, w: Map, defaults: Map) -> WebhookConfig:
+def _shared(memo: dict, cls: type, *args: Any, **kwargs: Any) -> Any:
+    """``cls(*args, **kwargs)``, one object for equal values: most webhooks share their
+    defaults, and a daemon holds every webhook's settings for its whole life."""
+    key = (cls, args, tuple(kwargs.items()))
+    if (value := memo.get(key)) is None:
+        value = memo[key] = cls(*args, **kwargs)
+    return value
+
+
+def _webhook(f: File, path: str, w: Map, defaults: Map, memo: dict) -> WebhookConfig:
     """Merge with ``defaults`` (retry and health key by key) and check what spans keys."""
     merged = {**defaults, **w}
     retry, health = ({**defaults.get(k, {}), **w.get(k, {})} for k in ("retry", "health"))
@@ -140,7 +151,7 @@ def _webhook(f: File, path: str, w: Map, defaults: Map) -> WebhookConfig:
         f.error(secret_from.keys_at[secret_keys[1]], join(path, secret_keys[1]),
                 f"set only one of {', '.join(SECRET_KEYS)} (found {found})")  # fmt: skip
     if (signature := merged.get("signature", "standard")) != "none" and not secret_keys:
-        f.error(w.node, join(path, "secret"), f"is required for signature {signature!r}: "
+        f.error(w.at, join(path, "secret"), f"is required for signature {signature!r}: "
                 f"set {', '.join(SECRET_KEYS[:-1])} or {SECRET_KEYS[-1]}")  # fmt: skip
     top_rule = [k for k in RULE if k in w.keys_at]
     if "match" in w.keys_at and top_rule:
@@ -150,15 +161,16 @@ def _webhook(f: File, path: str, w: Map, defaults: Map) -> WebhookConfig:
     if "url" in w and not merged.get("allow_private_networks") and (why := _blocked(w["url"])):
         f.error(w.keys_at["url"], join(path, "url"),
                 f"{why}; set allow_private_networks: true to allow it")  # fmt: skip
+    source = f.source(w.at)
     return WebhookConfig(
         name=w.get("name", ""),
         url=w.get("url", ""),
-        rules=tuple(w.get("match", ())) or (rule_from(w, f.source(w.node)),),
+        rules=tuple(w.get("match", ())) or (rule_from(w, source),),
         secrets=next((secret_from[k] for k in secret_keys if k in secret_from), ()),
-        retry=RetryConfig(**retry),
-        health=HealthConfig(**health),
-        rate_limit=RateLimit(*rate) if (rate := merged.get("rate_limit")) else None,
-        source=f.source(w.node),
+        retry=_shared(memo, RetryConfig, **retry),
+        health=_shared(memo, HealthConfig, **health),
+        rate_limit=_shared(memo, RateLimit, *rate) if (rate := merged.get("rate_limit")) else None,
+        source=source,
         **{k: v for k, v in merged.items() if k in TUNABLES and k not in _BUILT},
     )
 
@@ -180,8 +192,12 @@ def _ingest(f: File, top: Map) -> IngestConfig:
     )
 
 
-def _read(f: File, path: str) -> yaml.Node | None:
-    """Compose one file into nodes (lines kept); syntax errors become located messages."""
+def _read(f: File, path: str, key: str | None = None, each: Each | None = None) -> yaml.Node | None:
+    """Compose one file into nodes (lines kept); syntax errors become located messages.
+
+    With ``each``, the webhooks listed at ``key`` (None: the file's own list) are checked
+    as they are read (``router.compose``), so a big file's nodes never all exist at once.
+    """
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
@@ -189,7 +205,7 @@ def _read(f: File, path: str) -> yaml.Node | None:
         f.error(1, "yaml", "the file is not UTF-8 text")
         return None
     try:
-        return yaml.compose(text, Loader=_FAST_LOADER)
+        return compose(text, key, each)
     except yaml.YAMLError:
         pass  # parse again below: PyYAML's own parser words errors the same on every machine
     try:
@@ -216,11 +232,11 @@ def _included(main: File, directory: str, path: str) -> list[tuple[File, str, Ma
             shown = os.path.normpath(os.path.join(shown_dir, os.path.relpath(name, main.dir)))
         f = File(shown, os.path.dirname(name), main.env, main.errors, order)
         try:
-            node = _read(f, name)
+            node = _read(f, name, None, reader(f))
         except OSError as e:
             f.error(1, "include", f"cannot read the file: {e.strerror}")
             continue
-        if node is not None and (found := f.check(webhook_list, node, "webhooks")) is not BAD:
+        if node is not None and (found := f.check(webhook_list, node, WEBHOOKS)) is not BAD:
             webhooks += found
     return webhooks
 
@@ -235,16 +251,17 @@ def load(path: str, env: Mapping[str, str] | None = None) -> Config:
     absolute = os.path.abspath(path)
     main = File(path, os.path.dirname(absolute), os.environ if env is None else env, errors, 0)
     try:
-        root = _read(main, absolute)
+        root = _read(main, absolute, WEBHOOKS, reader(main))
     except OSError as e:
         raise ConfigError([f"{path}: cannot read the config file: {e.strerror}"]) from None
     top = Map(None) if root is None else main.check(section(TOP), root, "")
     top = Map(None) if top is BAD else top
-    webhooks = top.get("webhooks", [])
+    webhooks = top.get(WEBHOOKS, [])
     if "include" in top:
         webhooks = webhooks + _included(main, top["include"], path)
     defaults = top.get("defaults", Map(None))
-    built = [_webhook(f, p, w, defaults) for f, p, w in webhooks]
+    memo: dict = {}
+    built = [_webhook(f, p, w, defaults, memo) for f, p, w in webhooks]
     first: dict[str, str] = {}
     for (f, p, w), hook in zip(webhooks, built, strict=True):
         if hook.name and hook.name in first:

@@ -40,6 +40,12 @@ Candidates = tuple[Entry, ...]
 # --------------------------------------------------------------------------- index
 
 
+@functools.lru_cache(maxsize=TYPE_CACHE_SIZE)
+def _glob(pattern: str) -> Callable[[str], Any]:
+    """A pattern's compiled test: thousands of webhooks share a few patterns (``TODO_*``)."""
+    return re.compile(fnmatch.translate(pattern)).match
+
+
 def _entry(index: int, rule: Rule, memo: dict) -> Entry:
     """What is left to test once the index vouched for type and project or company.
 
@@ -140,7 +146,7 @@ class Filter:
         if wildcard is None:
             self._exact.setdefault(pattern, []).append(rid)
             return
-        entry = (re.compile(fnmatch.translate(pattern)).match, rid)
+        entry = (_glob(pattern), rid)
         if wildcard.start() == 0:
             self._wild.append(entry)
         else:

@@ -107,6 +107,14 @@ class Restored:
 class WebhookCore:
     """The state of one webhook and the rules that move it. No threads, no I/O."""
 
+    # Slots: at 30 attributes CPython gives each instance a dict of its own (1.6 KB
+    # instead of 0.3 KB), and a daemon holds a core for each of its 10,000 webhooks.
+    __slots__ = ("budget", "config", "counters", "draining", "fetching", "generation",
+                 "held_bytes", "high", "idle_since", "in_flight", "latencies", "loading",
+                 "max_spilled", "new_id", "next_cost", "pending_total", "probe", "probe_at",
+                 "probe_waiters", "queue_limit", "rand", "ready", "replay_waiter", "reserved",
+                 "spilled", "state", "tokens", "tokens_at", "waiting", "wake_at")  # fmt: skip
+
     def __init__(
         self,
         config: WebhookConfig,
