@@ -46,6 +46,7 @@ from router.messages import (
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 1_000  # deliveries one webhook holds in memory
+LATENCIES_KEPT = 1024  # the newest attempt latencies a webhook keeps for p50/p99
 QUEUE_BYTES = 4 * 1024 * 1024  # what they may cost, beyond one delivery
 RETRY_HORIZON = 2.0  # seconds: a retry due later waits without its body
 BUDGET_RETRY = 0.25  # seconds before asking the shared budget again after a refusal
@@ -153,7 +154,7 @@ class WebhookCore:
         self.tokens_at = now
         self.wake_at: float | None = None
         self.idle_since: float | None = None  # kept by the supervisor, for retiring
-        self.latencies: deque[float] = deque(maxlen=1024)
+        self.latencies: deque[float] | None = None  # made on the first attempt: ~1.5 KB
         self.counters: dict[tuple[Any, str], Any] = {}  # its labelled metrics, once used
         for d in restored.pending:
             if not self._admit(d, now):
@@ -241,6 +242,8 @@ class WebhookCore:
         d = self.in_flight.pop(r.seq, None)
         if d is None:
             return self.pump(now)
+        if self.latencies is None:
+            self.latencies = deque(maxlen=LATENCIES_KEPT)
         self.latencies.append(r.latency * 1000)
         self._count(metrics.ATTEMPTS, "ok" if r.ok else "failed")
         metrics.ATTEMPT_LATENCY.observe(r.latency)
@@ -634,7 +637,7 @@ class WebhookCore:
     # ------------------------------------------------------------------ status
 
     def snapshot(self) -> dict:
-        lat = sorted(self.latencies)
+        lat = sorted(self.latencies or ())
 
         def pct(p: float) -> float | None:
             return round(lat[min(len(lat) - 1, int(p * len(lat)))], 3) if lat else None
