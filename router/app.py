@@ -33,7 +33,6 @@ from router.budget import Budget
 from router.clock import Clock
 from router.config import Config, WebhookConfig
 from router.control import ControlServer
-from router.delivery import DeliveryPool
 from router.dispatch import Dispatcher
 from router.envelope import new_id
 from router.filter import Filter, FilterActor, FilterAddress, Swap
@@ -89,7 +88,9 @@ class App:
         )
         if cfg.delivery_processes:
             self.pool = Senders(cfg.delivery_processes, cfg.delivery_workers, self.clock)
-        else:
+        else:  # imported here: the HTTP stack (~12 MB with OpenSSL) is the senders' otherwise
+            from router.delivery import DeliveryPool
+
             self.pool = DeliveryPool(cfg.delivery_workers, self.clock)
         self.scheduler = Scheduler(self.clock)
         self.budget = Budget()  # bytes all webhooks' in-memory queues may hold together

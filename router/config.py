@@ -17,7 +17,7 @@ import yaml
 
 from router import ConfigError
 from router.compose import Each, compose
-from router.guard import blocked_kind
+from router.addresses import blocked_kind
 from router.rules import Rule
 from router.schema import (
     BAD,
