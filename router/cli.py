@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from router import ConfigError, ControlError, RouterError, __version__, listen
+from router import ConfigError, ControlError, RouterError, __version__, listen, tokens
 from router.config import CONTROL_SOCKET, DEFAULT_STATE_DIR, IngestConfig, parse_duration
 
 DEFAULT_CONFIG = "/etc/webhook-router/router.yaml"
@@ -138,6 +138,12 @@ def _json_object(text: str) -> dict:
     return value
 
 
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
@@ -199,6 +205,22 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise Fail(1, f"the router would reject this event: {e}") from None
     print(predicates.format_explanation(filter.Filter.from_config(cfg).explain(event)))
     return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    token = tokens.new_token()
+    print(token)
+    print("# The token above is shown once: hand it to the client. The router keeps only its")
+    print("# SHA-256. Add this entry to the tokens file (api.tokens_file), then reload:")
+    print(tokens.entry(args.name, token, args.scope, args.company), end="")
+    return 0
+
+
+def _token_name(text: str) -> str:
+    try:
+        return tokens.valid_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 # ---------------------------------------------------------------- control commands
@@ -403,6 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="show which webhooks would take this event, and why",
     )
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("token", help="make a new API token and its tokens-file entry")
+    p.add_argument("name", metavar="NAME", type=_token_name, help="shown in logs, never the token")
+    p.add_argument("--scope", choices=tokens.SCOPES, default=tokens.READ,
+                   help="admin: read and write; read (the default): GET only")  # fmt: skip
+    p.add_argument("--company", action="append", default=[], metavar="C", type=_nonempty,
+                   help="limit the token to this company's webhooks (repeatable)")  # fmt: skip
+    p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("status", parents=[ctl], help="show every webhook's health")
     p.add_argument("--json", action="store_true", help="print one JSON object")

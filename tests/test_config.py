@@ -940,6 +940,63 @@ def test_delivery_processes_default_to_one_and_zero_keeps_sending_in_the_daemon(
     assert error == "router.yaml:1: delivery_processes: expected an integer from 0 to 64"
 
 
+# --------------------------------------------------------------------------- the HTTP API (SPEC §6)
+
+
+TOKEN_ENTRY = "- {name: ops, sha256: " + "ab" * 32 + ", scope: admin}\n"
+
+
+def test_the_api_is_off_unless_a_bind_is_given_and_then_its_tokens_file_is_read(in_tmp):
+    assert load_text("{}\n").api_bind is None
+    assert load_text("api: null\n").api_bind is None
+    assert load_text("api: {bind: null, tokens_file: ./missing.yaml}\n").api_bind is None
+    write("tokens.yaml", TOKEN_ENTRY)  # the default tokens_file, beside the config file
+    config = load_text("api: {bind: '127.0.0.1:9465'}\n")
+    assert config.api_bind == ("127.0.0.1", 9465)
+    assert [t.name for t in config.api_tokens.entries] == ["ops"]
+    write("keys/api.yaml", TOKEN_ENTRY.replace("ops", "other"))
+    write("conf/router.yaml", "api:\n  bind: '[::1]:0'\n  tokens_file: ../keys/api.yaml\n")
+    config = load("conf/router.yaml", env={})  # relative to the config file, not the cwd
+    assert config.api_bind == ("::1", 0)
+    assert [t.name for t in config.api_tokens.entries] == ["other"]
+    assert config.api_tokens.path == str(in_tmp / "keys" / "api.yaml")  # outside: absolute
+
+
+def test_api_errors_are_located_like_every_other_key():
+    assert errors_of("api:\n  bind: 9465\n  tokn_file: x\n") == [
+        "router.yaml:2: api.bind: invalid address 9465: "
+        "write HOST:PORT (127.0.0.1:9464), or null for off",
+        "router.yaml:3: api.tokn_file: unknown key; did you mean 'tokens_file'?",
+    ]
+    assert errors_of("api:\n  bind: 127.0.0.1:9465\n  tokens_file: ./nope.yaml\n") == [
+        "router.yaml:3: api.tokens_file: cannot read the tokens file nope.yaml: "
+        "No such file or directory"
+    ]
+    assert errors_of("state_dir: v\napi: {bind: 127.0.0.1:9465}\n") == [
+        "router.yaml:2: api.tokens_file: cannot read the tokens file tokens.yaml: "
+        "No such file or directory"
+    ]
+
+
+def test_a_broken_tokens_file_fails_the_config_after_the_main_files_errors():
+    write("tokens.yaml", "- name: ops\n  sha256: abc\n  scope: admin\n")
+    assert errors_of("api: {bind: 127.0.0.1:9465}\nretention: never\n") == [
+        "router.yaml:2: retention: invalid duration 'never': write seconds or a number with "
+        "ms, s, m, h or d (500ms, 10s, 5m, 2h, 7d)",
+        "tokens.yaml:2: tokens[0].sha256: expected the SHA-256 of the token: 64 hexadecimal digits",
+    ]
+
+
+def test_the_example_config_serves_the_api_on_loopback_with_the_demo_token():
+    config = load(str(REPO / "conf" / "router.yaml"), env={})
+    assert config.api_bind == ("127.0.0.1", 9465)
+    (demo,) = config.api_tokens.entries
+    assert (demo.name, demo.scope, demo.companies) == ("demo", "admin", None)
+    readme = (REPO / "README.md").read_text()
+    (shown,) = set(re.findall(r"wr_demo[\w-]+", readme))
+    assert config.api_tokens.find(shown) == demo
+
+
 # --------------------------------------------------------------------------- big configs
 
 

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -240,7 +241,9 @@ ODD_CHARS = ["\x00", "\x07", "\t", "\ufeff", "\x85", "\u2028", "é", "\U0001f600
 
 @pytest.fixture(scope="module")
 def config_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("fuzzconf")
+    directory = tmp_path_factory.mktemp("fuzzconf")
+    shutil.copy(ROOT / "conf" / "tokens.yaml", directory)  # the example's api.tokens_file
+    return directory
 
 
 def loaded_or_refused(directory: Path, content: str | bytes) -> Config | None:

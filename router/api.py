@@ -1,0 +1,370 @@
+"""The HTTP API (SPEC §6) on ``api.bind``: bearer tokens, scopes and tenants; JSON in and out.
+
+Control plane, never the data path: it reads the running config and the supervisors'
+snapshots through ``App``. Every request under ``/api/v1`` is checked in one order: the
+token (401), the method (405), the scope (403), then whether the token may see the webhook
+named (404, as for one that does not exist, so a tenant learns nothing of the others).
+
+Bounded against slow and hostile clients: at most ``MAX_CONNECTIONS`` at once (the next get
+503), each read waits ``READ_TIMEOUT`` at most, a connection lives ``CONNECTION_DEADLINE`` at
+most (a reaper closes it), and a body over ``MAX_BODY`` is refused unread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from router import RouterError, __version__, resources
+from router.tokens import Token
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/v1"
+MAX_BODY = 1024 * 1024  # bytes; a webhook's JSON is a few KiB
+READ_TIMEOUT = 10.0  # seconds one read from the client may wait
+CONNECTION_DEADLINE = 60.0  # seconds a connection may take, however it trickles
+MAX_CONNECTIONS = 32  # served at once; a thread each
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b'Connection: close\r\n\r\n{"errors": [{"path": "", "message": "too many connections"}]}'
+)
+
+
+class ApiError(Exception):
+    """An answer other than 2xx: ``status`` and the error body's one entry."""
+
+    def __init__(self, status: int, message: str, path: str = "", headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.path = status, message, path
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    params: dict[str, str]  # from the path, e.g. {"name": "crm-sync"}
+    query: dict[str, list[str]]
+    body: bytes
+    token: Token
+
+
+Handler = Callable[[Request], tuple[int, Any]]
+
+
+# --------------------------------------------------------------------------- the endpoints
+
+
+class Api:
+    """What each endpoint answers, for ``app`` (the running ``App``); no HTTP in here."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    def _visible(self, token: Token, name: str) -> Any:
+        """The config of webhook ``name`` if the token may see it; 404 otherwise."""
+        for w in self.app.config.webhooks:
+            if w.name == name and token.sees(w.rules):
+                return w
+        raise ApiError(404, f"no webhook named '{name}'", "name")
+
+    def _shown(self, token: Token, webhooks: list) -> list[dict]:
+        """Each webhook with its status; one a reload is removing right now is left out."""
+        handles = []
+        for w in webhooks:
+            try:
+                handles.append((w, self.app.dispatcher.get(w.name)))
+            except RouterError:
+                continue
+        snaps = self.app._snapshots([h for _, h in handles])
+        return [
+            resources.webhook(w, snap, full=token.writes)
+            for (w, _), snap in zip(handles, snaps, strict=True)
+        ]
+
+    def list_webhooks(self, req: Request) -> tuple[int, Any]:
+        visible = [w for w in self.app.config.webhooks if req.token.sees(w.rules)]
+        return 200, {"webhooks": self._shown(req.token, visible)}
+
+    def get_webhook(self, req: Request) -> tuple[int, Any]:
+        shown = self._shown(req.token, [self._visible(req.token, req.params["name"])])
+        if not shown:
+            raise ApiError(404, f"no webhook named '{req.params['name']}'", "name")
+        return 200, shown[0]
+
+    def not_yet(self, req: Request) -> tuple[int, Any]:
+        raise ApiError(501, "not implemented yet in this version of webhook-router")
+
+    def routes(self) -> list[tuple[tuple[str, ...], dict[str, Handler]]]:
+        """Path patterns (``{name}`` is a parameter) and the handler of each method.
+
+        Every endpoint of SPEC §6 is here; those still answering 501 are to come.
+        """
+        later = self.not_yet
+        webhook = ("webhooks", "{name}")
+        return [
+            (("webhooks",), {"GET": self.list_webhooks, "POST": later}),
+            (webhook, {"GET": self.get_webhook, "PUT": later, "DELETE": later}),
+            *[((*webhook, a), {"POST": later}) for a in ("enable", "disable", "replay", "test")],
+            ((*webhook, "attempts"), {"GET": later}),
+            (("events",), {"POST": later}),
+            (("explain",), {"POST": later}),
+            (("event-types",), {"GET": later}),
+            (("openapi.json",), {"GET": later}),
+        ]
+
+
+def _match(pattern: tuple[str, ...], parts: list[str]) -> dict[str, str] | None:
+    if len(pattern) != len(parts):
+        return None
+    params = {}
+    for want, got in zip(pattern, parts, strict=True):
+        if want.startswith("{"):
+            params[want[1:-1]] = got
+        elif want != got:
+            return None
+    return params
+
+
+_WRITES_ONLY = "events"  # POST /events publishes for every company: admin without companies
+
+
+def authorize(token: Token, method: str, parts: list[str]) -> None:
+    """The scope check (403), after the token is known and the method allowed."""
+    if method != "GET" and not token.writes:
+        raise ApiError(403, f"token '{token.name}' may only read (scope read)")
+    if parts == [_WRITES_ONLY] and token.companies is not None:
+        raise ApiError(403, f"token '{token.name}' is limited to companies; it cannot publish")
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class ApiServer:
+    """Serves the API for ``app`` on ``bind`` from a few threads; started and stopped by App."""
+
+    def __init__(self, bind: tuple[str, int], app: Any):
+        self.bind = bind
+        self.app = app
+        self.api = Api(app)
+        self.routes = self.api.routes()
+        self.address = bind  # the bound (host, port), with the real port when port was 0
+        self._server: _Server | None = None
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Bind and serve; raises ``RouterError`` when binding fails."""
+        host, port = self.bind
+        try:
+            self._server = _Server((host, port), _Handler)
+        except OSError as e:
+            raise RouterError(f"cannot serve the API on {host}:{port}: {e.strerror or e}") from None
+        self._server.owner = self
+        self.address = self._server.server_address[:2]
+        self._threads = [
+            threading.Thread(target=self._server.serve_forever, args=(0.2,), name="api-http"),
+            threading.Thread(target=self._server.reap, name="api-reaper"),
+        ]
+        for t in self._threads:
+            t.daemon = True
+            t.start()
+        tokens = self.app.config.api_tokens
+        log.info(
+            "API on http://%s:%d%s/ (%d tokens from %s)",
+            *self.address, PREFIX, len(tokens.entries), tokens.path,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        for t in self._threads:
+            t.join(5)
+        self._server, self._threads = None, []
+
+    def answer(self, method: str, target: str, authorization: str | None, body: bytes) -> tuple:
+        """``(status, body, headers)`` for one request; the token is never logged."""
+        url = urlsplit(target)
+        path = unquote(url.path)
+        if path != PREFIX and not path.startswith(PREFIX + "/"):
+            raise ApiError(404, f"no such page: {path} (the API is under {PREFIX}/)", "path")
+        token = self._token(authorization)
+        parts = [p for p in path[len(PREFIX) :].split("/") if p]
+        for pattern, methods in self.routes:
+            if (params := _match(pattern, parts)) is None:
+                continue
+            if method not in methods:
+                allow = ", ".join(methods)
+                raise ApiError(405, f"{method} is not allowed here; use {allow}", "method",
+                               {"Allow": allow})  # fmt: skip
+            authorize(token, method, parts)
+            if "name" in params:
+                self.api._visible(token, params["name"])
+            req = Request(method, params, parse_qs(url.query), body, token)
+            status, answer = methods[method](req)
+            return status, answer, token
+        raise ApiError(404, f"no such endpoint: {path}", "path")
+
+    def _token(self, authorization: str | None) -> Token:
+        challenge = {"WWW-Authenticate": 'Bearer realm="webhook-router"'}
+        scheme, _, presented = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise ApiError(401, "send Authorization: Bearer TOKEN", "authorization", challenge)
+        token = self.app.config.api_tokens.find(presented.strip())
+        if token is None:
+            raise ApiError(401, "unknown token", "authorization", challenge)
+        return token
+
+
+class _Gone(Exception):
+    """The client is gone before its request was whole: nobody to answer."""
+
+
+class _Server(ThreadingHTTPServer):
+    """A ThreadingHTTPServer with a cap on connections and a deadline for each."""
+
+    daemon_threads = True
+    owner: ApiServer
+
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.stopping = threading.Event()
+        self.deadlines: dict[socket.socket, float] = {}
+        self.lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.setblocking(False)
+                request.send(_BUSY)
+            self.shutdown_request(request)
+            return
+        with self.lock:
+            self.deadlines[request] = time.monotonic() + CONNECTION_DEADLINE
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._done(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._done(request)
+
+    def _done(self, request: Any) -> None:
+        with self.lock:
+            self.deadlines.pop(request, None)
+        self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone mid-answer is routine; anything else is a bug worth a traceback."""
+        if isinstance(sys.exc_info()[1], OSError):
+            log.debug("api: %s went away", client_address[0])
+        else:
+            log.exception("api: serving %s failed", client_address[0])
+
+    def reap(self) -> None:
+        """Once a second: shut the connections past their deadline (their reads then end)."""
+        while not self.stopping.wait(1.0):
+            now = time.monotonic()
+            with self.lock:
+                late = [s for s, deadline in self.deadlines.items() if deadline < now]
+            for s in late:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = f"webhook-router/{__version__}"
+    timeout = READ_TIMEOUT  # on every read and write of this connection
+
+    def __getattr__(self, name: str) -> Any:
+        """``do_GET``, ``do_PUT``, any ``do_X``: every method reaches ``_serve`` (a JSON 405)."""
+        if name.startswith("do_"):
+            return lambda: self._serve(name[3:])
+        raise AttributeError(name)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("api %s: %s", self.address_string(), format % args)
+
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        pass  # _serve logs each request, without its query
+
+    def _serve(self, method: str) -> None:
+        path = urlsplit(self.path).path
+        token: Token | None = None
+        try:
+            body = self._body()
+            status, answer, token = self.server.owner.answer(
+                method, self.path, self.headers.get("Authorization"), body
+            )
+            headers: dict = {}
+        except _Gone:
+            self.close_connection = True
+            return
+        except ApiError as e:
+            status, headers = e.status, e.headers
+            answer = {"errors": [{"path": e.path, "message": e.message}]}
+        except Exception:
+            log.exception("api: %s %s failed", method, path)
+            status, headers = 500, {}
+            answer = {"errors": [{"path": "", "message": "internal error (see the router's log)"}]}
+        who = f"token {token.name}" if token else self.address_string()
+        if status in (401, 403):
+            log.info("api: %s %s refused with %d (%s)", method, path, status, who)
+        else:
+            log.debug("api: %s %s %d (%s)", method, path, status, who)
+        self._write(status, answer, headers)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a bad request line, headers too long) in JSON too."""
+        self.close_connection = True
+        self.request_version = "HTTP/1.0"  # a request line it could not read: still say why
+        text = message or HTTPStatus(code).phrase
+        self._write(code, {"errors": [{"path": "", "message": text}]}, {})
+
+    def _write(self, status: int, answer: Any, headers: dict) -> None:
+        data = b"" if status == 204 else json.dumps(answer, default=str).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _body(self) -> bytes:
+        """The request body, read only when it is declared and small enough."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise ApiError(411, "send the body with a Content-Length", "body")
+        length = self.headers.get("Content-Length") or "0"
+        if not length.isdigit():
+            self.close_connection = True
+            raise ApiError(400, "Content-Length is not a number", "body")
+        if int(length) > MAX_BODY:
+            self.close_connection = True
+            raise ApiError(413, f"the body is over {MAX_BODY} bytes", "body")
+        body = self.rfile.read(int(length)) if int(length) else b""
+        if len(body) < int(length):
+            raise _Gone  # the client left, or its deadline cut it off
+        return body

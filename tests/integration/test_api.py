@@ -1,0 +1,290 @@
+"""The HTTP API over real HTTP against the running daemon: tokens, scopes, tenants, reloads."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import socket
+
+import yaml
+
+from tests.integration.conftest import SECRET, wait_until
+
+ADMIN = "wr_admin-token-of-the-integration-tests-0001"
+READ = "wr_read-token-of-the-integration-tests-00002"
+ACME = "wr_acme-portal-token-of-the-integration-003"
+LATER = "wr_a-token-added-by-a-reload-000000000000004"
+URL_SECRET = "path-credential-6f1c"  # a receiver's credential in a URL path (as Slack's are)
+HEADER_SECRET = "header-credential-93ab"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(name: str, token: str, scope: str, companies: list[str] | None = None) -> dict:
+    item = {"name": name, "sha256": hashlib.sha256(token.encode()).hexdigest(), "scope": scope}
+    return item | ({"companies": companies} if companies else {})
+
+
+TOKENS = [
+    _entry("ops", ADMIN, "admin"),
+    _entry("dash", READ, "read"),
+    _entry("acme-portal", ACME, "admin", ["acme"]),
+]
+
+
+class Client:
+    """Plain HTTP to the daemon's API on loopback (no proxy); every answer is JSON."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.seen: list[str] = []  # every answer's headers and body, to search for secrets
+
+    def call(self, method: str, path: str, token: str | None = None, body: bytes | None = None,
+             headers: dict | None = None) -> tuple[int, dict, dict]:  # fmt: skip
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+        try:
+            sent = dict(headers or {})
+            if token is not None:
+                sent["Authorization"] = f"Bearer {token}"
+            conn.request(method, path, body=body, headers=sent)
+            r = conn.getresponse()
+            raw = r.read()
+            got = {k.lower(): v for k, v in r.getheaders()}
+        finally:
+            conn.close()
+        self.seen.append(json.dumps(got) + raw.decode(errors="replace"))
+        assert got["content-type"] == "application/json"
+        return r.status, got, json.loads(raw) if raw else {}
+
+    def get(self, path: str, token: str | None = ADMIN) -> tuple[int, dict]:
+        status, _, body = self.call("GET", path, token)
+        return status, body
+
+
+def start(daemon_factory, hooks, webhooks: list[dict] | None = None, tokens=TOKENS):
+    port = _free_port()
+    webhooks = webhooks or [
+        {"name": "a", "url": hooks.url(f"/a/{URL_SECRET}"), "headers": {"X-Key": HEADER_SECRET}},
+        {"name": "b", "url": hooks.url("/b"), "events": ["B_*"], "retry": {"attempts": 2}},
+    ]
+    d = daemon_factory(webhooks, api={"bind": f"127.0.0.1:{port}", "tokens_file": "./tokens.yaml"})
+    write_tokens(d, tokens)
+    d.start()
+    return d, Client(port)
+
+
+def write_tokens(d, tokens: list[dict]) -> None:
+    (d.tmp / "tokens.yaml").write_text(yaml.safe_dump(tokens, sort_keys=False))
+
+
+def _line_of(d, name: str) -> int:
+    lines = d.config_path.read_text().splitlines()
+    return next(i for i, line in enumerate(lines, 1) if line.strip() == f"- name: {name}")
+
+
+def test_no_token_or_an_unknown_one_gets_401_and_nothing_else(hooks, daemon_factory):
+    d, api = start(daemon_factory, hooks)
+    for headers in ({}, {"Authorization": "Bearer wr_nope"}, {"Authorization": f"Basic {ADMIN}"},
+                    {"Authorization": "Bearer "}, {"Authorization": ADMIN}):  # fmt: skip
+        for method, path in (("GET", "/api/v1/webhooks"), ("GET", "/api/v1/webhooks/a"),
+                             ("POST", "/api/v1/webhooks"), ("GET", "/api/v1/nothing")):  # fmt: skip
+            status, got, body = api.call(method, path, headers=headers)
+            assert status == 401, (headers, path)
+            assert got["www-authenticate"] == 'Bearer realm="webhook-router"'
+            assert body["errors"][0]["path"] == "authorization"
+    assert "refused with 401" in d.log()
+
+
+def test_a_read_token_cannot_write_and_an_admin_hears_writes_are_not_there_yet(
+    hooks, daemon_factory
+):
+    _, api = start(daemon_factory, hooks)
+    writes = [("POST", "/api/v1/webhooks"), ("PUT", "/api/v1/webhooks/a"),
+              ("DELETE", "/api/v1/webhooks/a"), ("POST", "/api/v1/webhooks/a/disable"),
+              ("POST", "/api/v1/events")]  # fmt: skip
+    for method, path in writes:
+        status, _, body = api.call(method, path, READ, b"{}")
+        assert status == 403, path
+        assert body == {
+            "errors": [{"path": "", "message": "token 'dash' may only read (scope read)"}]
+        }
+        status, _, body = api.call(method, path, ADMIN, b"{}")
+        assert status == 501, path
+        assert "not implemented yet" in body["errors"][0]["message"]
+    assert api.get("/api/v1/webhooks", READ)[0] == 200
+
+
+def test_the_list_and_one_webhook_show_settings_source_and_the_status_fields(hooks, daemon_factory):
+    d, api = start(daemon_factory, hooks)
+    d.send({"type": "A_DONE", "id": "e1"})
+    wait_until(lambda: hooks.ids(f"/a/{URL_SECRET}") == ["e1"], what="the delivery to a")
+    wait_until(lambda: d.webhook("a")["delivered"] == 1, what="a's delivered count")
+    status, listed = api.get("/api/v1/webhooks")
+    assert status == 200
+    assert [w["name"] for w in listed["webhooks"]] == ["a", "b"]
+    a, b = listed["webhooks"]
+    assert a["source"] == f"{d.config_path}:{_line_of(d, 'a')}"
+    assert b["source"] == f"{d.config_path}:{_line_of(d, 'b')}"
+    assert a["url"] == hooks.url(f"/a/{URL_SECRET}")  # an admin token sees the whole URL
+    assert b["events"] == ["B_*"] and b["retry"] == {"attempts": 2, "backoff": [0.05, 0.1]}
+    assert a["headers"] == {"X-Key": HEADER_SECRET}
+    assert "secret" not in a and a["signature"] == "standard"
+    cli = d.webhook("a")
+    for key in ("state", "health", "delivered", "failed", "queued", "in_flight",
+                "consecutive_failures", "last_success", "last_error"):  # fmt: skip
+        assert a[key] == cli[key], key
+    assert (a["state"], a["health"], a["delivered"]) == ("active", "HEALTHY", 1)
+    assert set(cli) - {"name", "url"} <= set(a)  # every field of status --json
+    status, one = api.get("/api/v1/webhooks/a")
+    assert status == 200
+    assert {k: v for k, v in one.items() if k != "latency_ms"} == {
+        k: v for k, v in a.items() if k != "latency_ms"
+    }
+    # a read token sees what status shows: scheme, host and port; header names only
+    status, seen = api.get("/api/v1/webhooks/a", READ)
+    assert seen["url"] == f"http://127.0.0.1:{hooks.port}"
+    assert seen["headers"] == {"X-Key": "(hidden)"}
+
+
+def test_unknown_paths_are_404_wrong_methods_405_and_every_answer_is_json(hooks, daemon_factory):
+    _, api = start(daemon_factory, hooks)
+    assert api.get("/api/v1/webhooks/nope") == (
+        404, {"errors": [{"path": "name", "message": "no webhook named 'nope'"}]}
+    )  # fmt: skip
+    assert api.get("/api/v1/nothing")[0] == 404
+    assert api.get("/api/v1/webhooks/a/b/c")[0] == 404
+    assert api.get("/elsewhere", None)[0] == 404
+    status, got, body = api.call("PATCH", "/api/v1/webhooks/a", ADMIN)
+    assert (status, got["allow"]) == (405, "GET, PUT, DELETE")
+    assert body["errors"][0]["path"] == "method"
+    status, got, _ = api.call("DELETE", "/api/v1/webhooks", ADMIN)
+    assert (status, got["allow"]) == (405, "GET, POST")
+    # a body over the limit is refused from its Content-Length, before it is sent
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as s:
+        s.sendall(b"POST /api/v1/webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n"
+                  b"Authorization: Bearer " + ADMIN.encode() + b"\r\n\r\n")  # fmt: skip
+        answer = s.makefile("rb").read()
+    assert answer.startswith(b"HTTP/1.0 413 ") and b"over 1048576 bytes" in answer
+
+
+def test_no_secret_or_token_appears_in_any_answer_or_in_the_log(hooks, daemon_factory):
+    d, api = start(daemon_factory, hooks)
+    d.send({"type": "A_DONE", "id": "e1"})
+    wait_until(lambda: hooks.ids(f"/a/{URL_SECRET}") == ["e1"], what="the delivery to a")
+    limited = []  # what tokens that may not write see
+    for token in (ADMIN, READ, ACME, "wr_wrong", None):
+        for path in ("/api/v1/webhooks", "/api/v1/webhooks/a", "/api/v1/webhooks/b", "/x"):
+            api.get(path, token)
+        api.call("POST", "/api/v1/webhooks", token, json.dumps({"secret": SECRET}).encode())
+        if token != ADMIN:
+            limited += api.seen[-5:]
+    d.reload()
+    assert d.stop() == 0
+    log = d.log()
+    assert "refused with 401" in log and "refused with 403" in log  # the requests were logged
+    hashes = [t["sha256"] for t in TOKENS]
+    for text, where in [*((s, "an answer") for s in api.seen), (log, "the log")]:
+        for secret in (SECRET, SECRET.removeprefix("whsec_"), ADMIN, READ, ACME, *hashes):
+            assert secret not in text, f"{secret} in {where}"
+    assert any(URL_SECRET in text and HEADER_SECRET in text for text in api.seen)  # admin's
+    for text in limited:  # the receiver's credentials: only for tokens that may write
+        assert URL_SECRET not in text and HEADER_SECRET not in text
+
+
+def test_a_company_token_sees_only_its_companies_webhooks_and_404_for_the_others(
+    hooks, daemon_factory
+):
+    webhooks = [
+        {"name": "acme-crm", "url": hooks.url("/1"), "companies": ["acme"]},
+        {"name": "acme-two", "url": hooks.url("/2"),
+         "match": [{"companies": ["acme"], "events": ["X"]}, {"companies": ["acme"]}]},
+        {"name": "shared", "url": hooks.url("/3"), "companies": ["acme", "globex"]},
+        {"name": "globex", "url": hooks.url("/4"), "companies": ["globex"]},
+        {"name": "anyone", "url": hooks.url("/5")},
+        {"name": "half", "url": hooks.url("/6"),
+         "match": [{"companies": ["acme"]}, {"events": ["Y"]}]},
+    ]  # fmt: skip
+    _, api = start(daemon_factory, hooks, webhooks)
+    status, listed = api.get("/api/v1/webhooks", ACME)
+    assert [w["name"] for w in listed["webhooks"]] == ["acme-crm", "acme-two"]
+    assert api.get("/api/v1/webhooks/acme-crm", ACME)[0] == 200
+    missing = api.get("/api/v1/webhooks/no-such", ACME)
+    for name in ("shared", "globex", "anyone", "half"):
+        status, body = api.get(f"/api/v1/webhooks/{name}", ACME)
+        assert status == 404
+        assert body == {"errors": [{"path": "name", "message": f"no webhook named '{name}'"}]}
+        assert missing[1]["errors"][0]["message"] == "no webhook named 'no-such'"
+        # not even a write reveals it: the same 404 before anything else happens
+        assert api.call("POST", f"/api/v1/webhooks/{name}/disable", ACME)[0] == 404
+    assert api.call("POST", "/api/v1/webhooks/acme-crm/disable", ACME)[0] == 501
+    status, _, body = api.call("POST", "/api/v1/events", ACME, b"{}")
+    assert status == 403 and "limited to companies" in body["errors"][0]["message"]
+    assert len(api.get("/api/v1/webhooks", ADMIN)[1]["webhooks"]) == 6
+
+
+def test_sighup_rereads_the_tokens_file_an_added_token_works_a_removed_one_gets_401(
+    hooks, daemon_factory
+):
+    d, api = start(daemon_factory, hooks)
+    assert api.get("/api/v1/webhooks", LATER)[0] == 401
+    assert api.get("/api/v1/webhooks", READ)[0] == 200
+    write_tokens(d, [TOKENS[0], _entry("later", LATER, "read")])  # dash removed, later added
+    d.reload()
+    assert api.get("/api/v1/webhooks", LATER)[0] == 200
+    assert api.get("/api/v1/webhooks", READ)[0] == 401
+    assert api.get("/api/v1/webhooks", ADMIN)[0] == 200
+    # api.bind is kept until a restart: the server goes on where it was
+    d.settings["api"]["bind"] = f"127.0.0.1:{_free_port()}"
+    d.write()
+    d.reload()
+    assert "api_bind changed; that takes effect after a restart" in d.log()
+    assert api.get("/api/v1/webhooks", LATER)[0] == 200
+
+
+def test_a_broken_tokens_file_fails_check_and_refuses_the_reload(hooks, daemon_factory):
+    d, api = start(daemon_factory, hooks)
+    assert d.cli("check").returncode == 0
+    broken = [TOKENS[0], {"name": "later", "sha256": LATER, "scope": "read"}]  # clear text
+    write_tokens(d, broken)
+    lines = (d.tmp / "tokens.yaml").read_text().splitlines()
+    at = f"{d.tmp}/tokens.yaml:{lines.index(f'  sha256: {LATER}') + 1}: tokens[1].sha256"
+    check = d.cli("check")
+    assert check.returncode == 1
+    assert check.stderr.startswith(f"{at}: this is a token in clear")
+    assert LATER not in check.stderr + check.stdout
+    d.reload()
+    assert f"reload refused: {at}" in d.log()
+    assert "reload refused: the old configuration keeps running" in d.log()
+    assert LATER not in d.log()
+    assert api.get("/api/v1/webhooks", READ)[0] == 200  # the old tokens keep working
+    assert api.get("/api/v1/webhooks", LATER)[0] == 401
+    (d.tmp / "tokens.yaml").unlink()
+    check = d.cli("check")
+    assert check.returncode == 1
+    assert f"api.tokens_file: cannot read the tokens file {d.tmp}/tokens.yaml" in check.stderr
+
+
+def test_idle_connections_beyond_the_limit_are_turned_away_and_the_api_recovers(
+    hooks, daemon_factory
+):
+    _, api = start(daemon_factory, hooks)
+    idle = []
+    try:
+        for _ in range(32):  # api.MAX_CONNECTIONS: each sends nothing and holds its slot
+            idle.append(socket.create_connection(("127.0.0.1", api.port), timeout=10))
+        wait_until(lambda: _turned_away(api.port), what="a connection past the limit refused")
+    finally:
+        for s in idle:
+            s.close()
+    wait_until(lambda: api.get("/api/v1/webhooks")[0] == 200, what="the API serving again")
+
+
+def _turned_away(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        answer = s.recv(4096)
+    return answer.startswith(b"HTTP/1.0 503") and b"too many connections" in answer
