@@ -103,7 +103,7 @@ class Config:
     control_bind: str = ""  # zmq address; default ipc://<state_dir>/control.sock
     metrics_bind: tuple[str, int] | None = ("127.0.0.1", 9464)
     delivery_workers: int = 64
-    delivery_processes: int = 1  # 0: the senders run in the daemon's own process
+    delivery_processes: int = 2  # 0: the senders run in the daemon's own process
     attempt_log_max: int = 256 * MiB  # bytes the attempt log may take in the journal
     journal_sync: str = "full"  # full: an ack survives power loss; normal: a crash only
     webhooks: tuple[WebhookConfig, ...] = ()

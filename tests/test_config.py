@@ -933,8 +933,8 @@ def test_delivery_workers_are_bounded_since_each_is_a_thread():
     assert load_text("delivery_workers: 4096\n").delivery_workers == 4096
 
 
-def test_delivery_processes_default_to_one_and_zero_keeps_sending_in_the_daemon():
-    assert load_text("{}\n").delivery_processes == 1
+def test_delivery_processes_default_to_two_and_zero_keeps_sending_in_the_daemon():
+    assert load_text("{}\n").delivery_processes == 2
     assert load_text("delivery_processes: 0\n").delivery_processes == 0
     (error,) = errors_of("delivery_processes: 65\n")
     assert error == "router.yaml:1: delivery_processes: expected an integer from 0 to 64"
