@@ -29,6 +29,7 @@ from typing import Any
 import pykka
 
 from router import ConfigError, RouterError, __version__, config, metrics
+from router.api import ApiServer
 from router.budget import Budget
 from router.clock import Clock
 from router.config import Config, WebhookConfig
@@ -110,6 +111,7 @@ class App:
         self.receiver: pykka.ActorRef | None = None
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
+        self.api: ApiServer | None = None
 
     # ------------------------------------------------------------------ start / stop
 
@@ -140,6 +142,9 @@ class App:
         if cfg.metrics_bind:
             self.metrics = MetricsServer(cfg.metrics_bind, self)
             self.metrics.start()
+        if cfg.api_bind:
+            self.api = ApiServer(cfg.api_bind, self)
+            self.api.start()
         self.pool.ready(SENDERS_START)
         log.info(
             "webhook-router %s started: %d webhooks, ingest %s, control %s",
@@ -189,6 +194,8 @@ class App:
             self.control.stop()
         if self.metrics:
             self.metrics.stop()
+        if self.api:
+            self.api.stop()
         self.journal.stop()
         self.channel.close()
         alive = pykka.ActorRegistry.get_all()
@@ -415,7 +422,7 @@ class App:
 
 # Settings that only a restart changes: a reload warns and keeps the running values.
 _RESTART_ONLY = (
-    "state_dir", "ingest", "control_bind", "metrics_bind", "delivery_workers",
+    "state_dir", "ingest", "control_bind", "metrics_bind", "api_bind", "delivery_workers",
     "delivery_processes", "retention", "journal_sync",
 )  # fmt: skip
 

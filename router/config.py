@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from router import ConfigError
-from router.compose import Each, compose
+from router import ConfigError, tokens
 from router.addresses import blocked_kind
+from router.compose import Each, compose
 from router.rules import Rule
 from router.schema import (
     BAD,
@@ -40,6 +40,7 @@ from router.validators import parse_size as parse_size
 MiB = 1024 * 1024
 DEFAULT_STATE_DIR = "./var"
 CONTROL_SOCKET = "control.sock"  # in state_dir, unless control.bind says otherwise
+DEFAULT_TOKENS_FILE = "./tokens.yaml"  # beside the config file, unless api.tokens_file says
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,8 @@ class Config:
     ingest: IngestConfig = IngestConfig()
     control_bind: str = ""  # zmq address; default ipc://<state_dir>/control.sock
     metrics_bind: tuple[str, int] | None = ("127.0.0.1", 9464)
+    api_bind: tuple[str, int] | None = None  # the HTTP API (SPEC §6); None: off
+    api_tokens: tokens.Tokens = tokens.Tokens()  # read from api.tokens_file when the API is on
     delivery_workers: int = 64
     delivery_processes: int = 2  # 0: the senders run in the daemon's own process
     attempt_log_max: int = 256 * MiB  # bytes the attempt log may take in the journal
@@ -221,16 +224,20 @@ def _read(f: File, path: str, key: str | None = None, each: Each | None = None) 
     return None
 
 
+def _shown(main: File, name: str) -> str:
+    """How messages name the file ``name``: under the main file's directory, as that is shown."""
+    if os.path.commonpath([name, main.dir]) != main.dir:
+        return name
+    relative = os.path.relpath(name, main.dir)
+    return os.path.normpath(os.path.join(os.path.dirname(main.name), relative))
+
+
 def _included(main: File, directory: str, path: str) -> list[tuple[File, str, Map]]:
     """Webhooks from ``directory/*.yaml`` in name order; ``webhooks[i]`` counts within each file."""
-    shown_dir = os.path.dirname(path)
     webhooks = []
     names = sorted(glob.glob(os.path.join(glob.escape(directory), "*.yaml")))
     for order, name in enumerate(names, 1):
-        shown = name
-        if os.path.commonpath([name, main.dir]) == main.dir:  # shown as the main file is
-            shown = os.path.normpath(os.path.join(shown_dir, os.path.relpath(name, main.dir)))
-        f = File(shown, os.path.dirname(name), main.env, main.errors, order)
+        f = File(_shown(main, name), os.path.dirname(name), main.env, main.errors, order)
         try:
             node = _read(f, name, None, reader(f))
         except OSError as e:
@@ -239,6 +246,23 @@ def _included(main: File, directory: str, path: str) -> list[tuple[File, str, Ma
         if node is not None and (found := f.check(webhook_list, node, WEBHOOKS)) is not BAD:
             webhooks += found
     return webhooks
+
+
+def _api(main: File, top: Map) -> dict:
+    """``api_bind`` and ``api_tokens``; the tokens file is read (and must be valid) when on."""
+    api = top.get("api") or Map(None)
+    if api.get("bind") is None:
+        return {}
+    path = api.get("tokens_file", main.resolve(DEFAULT_TOKENS_FILE))
+    shown = _shown(main, path)
+    f = File(shown, os.path.dirname(path), main.env, main.errors, order=1 << 30)  # listed last
+    try:
+        node = _read(f, path)
+    except OSError as e:
+        at = api.keys_at.get("tokens_file") or top.keys_at["api"]
+        main.error(at, "api.tokens_file", f"cannot read the tokens file {shown}: {e.strerror}")
+        return {}
+    return {"api_bind": api["bind"], "api_tokens": tokens.check(node, f)}
 
 
 def load(path: str, env: Mapping[str, str] | None = None) -> Config:
@@ -270,6 +294,7 @@ def load(path: str, env: Mapping[str, str] | None = None) -> Config:
                     f"duplicate webhook name {hook.name!r}; first defined at {where}")  # fmt: skip
         first.setdefault(hook.name, hook.source)
     ingest = _ingest(main, top)
+    api = _api(main, top)
     if errors:
         raise ConfigError([text for _, _, text in sorted(errors, key=lambda e: e[:2])])
     state_dir = top.get("state_dir", main.resolve(DEFAULT_STATE_DIR))
@@ -288,6 +313,7 @@ def load(path: str, env: Mapping[str, str] | None = None) -> Config:
         ingest=ingest,
         control_bind=top.get("control", {}).get("bind", f"ipc://{state_dir}/{CONTROL_SOCKET}"),
         webhooks=tuple(built),
+        **api,
         **extra,
     )
 

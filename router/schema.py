@@ -455,6 +455,11 @@ INGEST = {
     "curve": Key(_optional(section(CURVE))),
 }
 
+API = {
+    "bind": Key(_optional(_scalar(host_port, "HOST:PORT"))),
+    "tokens_file": Key(_file_path),  # read by router.tokens, only when the API is on
+}
+
 
 _WEBHOOK = section(WEBHOOK)
 WEBHOOKS = "webhooks"  # the key of the list, and how its items' messages start
@@ -517,6 +522,8 @@ TOP = {
     "control": Key(section({"bind": Key(_control_address)})),
     # `metrics: null` turns the server off, as `metrics: {bind: null}` does
     "metrics": Key(_optional(section({"bind": Key(_optional(_scalar(host_port, "HOST:PORT")))}))),
+    # `api: null` and `api: {bind: null}` (the default) serve no API
+    "api": Key(_optional(section(API))),
     "defaults": Key(section(DEFAULTS)),
     "include": Key(_existing(os.path.isdir, "directory")),
     WEBHOOKS: Key(webhook_list),
