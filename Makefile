@@ -34,6 +34,7 @@ format: $(VENV)/.installed
 BENCH_RUNS ?= 3
 bench: $(VENV)/.installed
 	sh bench/install_nginx.sh
+	$(PY) -m compileall -q router  # as an installed package has it (PYTHONDONTWRITEBYTECODE may be set)
 	$(PY) bench/bench.py --runs $(BENCH_RUNS) $(BENCH_ARGS)
 
 clean:
