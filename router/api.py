@@ -26,7 +26,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from router import RouterError, __version__, resources
+import msgpack
+
+from router import RouterError, __version__, envelope, predicates, resources
 from router.tokens import Token
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,41 @@ class Api:
             raise ApiError(404, f"no webhook named '{req.params['name']}'", "name")
         return 200, shown[0]
 
+    def explain(self, req: Request) -> tuple[int, Any]:
+        """Which of the webhooks this token sees the event reaches, and why not the others.
+
+        The event is checked as ingest checks it (the same errors, as 422), and
+        judged by the same conditions the filter compiles.
+        """
+        try:
+            doc = json.loads(req.body or b"null")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"the body is not JSON: {e}", "body") from None
+        cfg = self.app.config
+        try:
+            event = envelope.decode(msgpack.packb(doc), cfg.ingest.max_event_bytes, self.app.clock)
+        except envelope.BadEvent as e:
+            raise ApiError(
+                422, f"the router would refuse this event: {e.message}", e.reason
+            ) from None
+        except (TypeError, ValueError, OverflowError) as e:  # what msgpack cannot carry
+            raise ApiError(422, f"the router would refuse this event: {e}", "body") from None
+        visible = [(w.name, w.rules) for w in cfg.webhooks if req.token.sees(w.rules)]
+        verdicts = predicates.explain_webhooks(visible, event)
+        return 200, {
+            "event": event.id,
+            "reaches": [v.webhook for v in verdicts if v.matched],
+            "webhooks": [
+                {
+                    "name": v.webhook,
+                    "reaches": v.matched,
+                    "matched_by": v.matched_by,
+                    "why_not": [] if v.matched else list(v.reasons),
+                }
+                for v in verdicts
+            ],
+        }
+
     def not_yet(self, req: Request) -> tuple[int, Any]:
         raise ApiError(501, "not implemented yet in this version of webhook-router")
 
@@ -119,7 +156,7 @@ class Api:
             *[((*webhook, a), {"POST": later}) for a in ("enable", "disable", "replay", "test")],
             ((*webhook, "attempts"), {"GET": later}),
             (("events",), {"POST": later}),
-            (("explain",), {"POST": later}),
+            (("explain",), {"POST": self.explain}),
             (("event-types",), {"GET": later}),
             (("openapi.json",), {"GET": later}),
         ]
@@ -138,11 +175,12 @@ def _match(pattern: tuple[str, ...], parts: list[str]) -> dict[str, str] | None:
 
 
 _WRITES_ONLY = "events"  # POST /events publishes for every company: admin without companies
+_ASKS = (["explain"],)  # POSTs that change nothing: a read token may send them
 
 
 def authorize(token: Token, method: str, parts: list[str]) -> None:
     """The scope check (403), after the token is known and the method allowed."""
-    if method != "GET" and not token.writes:
+    if method != "GET" and parts not in _ASKS and not token.writes:
         raise ApiError(403, f"token '{token.name}' may only read (scope read)")
     if parts == [_WRITES_ONLY] and token.companies is not None:
         raise ApiError(403, f"token '{token.name}' is limited to companies; it cannot publish")

@@ -288,3 +288,50 @@ def _turned_away(port: int) -> bool:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         answer = s.recv(4096)
     return answer.startswith(b"HTTP/1.0 503") and b"too many connections" in answer
+
+
+def test_explain_says_which_webhooks_an_event_reaches_and_why_not_the_others(hooks, daemon_factory):
+    d, api = start(daemon_factory, hooks)
+    event = json.dumps({"type": "A_THING", "id": "why-1", "company": "acme"}).encode()
+    status, _, body = api.call("POST", "/api/v1/explain", ADMIN, event)
+    assert status == 200
+    assert (body["event"], body["reaches"]) == ("why-1", ["a"])
+    a, b = body["webhooks"]
+    assert (a["name"], a["reaches"], a["why_not"]) == ("a", True, [])
+    assert a["matched_by"].startswith("rule 1 (")
+    assert (b["name"], b["reaches"]) == ("b", False)
+    (why,) = b["why_not"]
+    assert "A_THING" in why and "B_*" in why  # the first condition that failed, in words
+    # It only asks: a read token may send it, and nothing was journaled or sent.
+    assert api.call("POST", "/api/v1/explain", READ, event)[0] == 200
+    assert d.status()["events"]["received"] == 0
+    assert hooks.at("/b") == [] and hooks.at(f"/a/{URL_SECRET}") == []
+
+
+def test_explain_refuses_what_ingest_would_refuse_with_its_reason(hooks, daemon_factory):
+    _, api = start(daemon_factory, hooks)
+    status, _, body = api.call("POST", "/api/v1/explain", ADMIN, b'{"id": "no-type"}')
+    assert status == 422
+    assert body["errors"] == [
+        {"path": "missing_type", "message": "the router would refuse this event: the event "
+         "has no 'type'"}
+    ]  # fmt: skip
+    status, _, body = api.call("POST", "/api/v1/explain", ADMIN, b"{not json")
+    assert status == 400 and body["errors"][0]["path"] == "body"
+
+
+def test_explain_for_a_company_token_speaks_only_of_its_companies_webhooks(hooks, daemon_factory):
+    webhooks = [
+        {"name": "acme-crm", "url": hooks.url("/1"), "companies": ["acme"]},
+        {"name": "globex", "url": hooks.url("/2"), "companies": ["globex"]},
+        {"name": "everyone", "url": hooks.url("/3")},
+    ]
+    _, api = start(daemon_factory, hooks, webhooks)
+    event = json.dumps({"type": "T", "company": "globex"}).encode()
+    status, _, body = api.call("POST", "/api/v1/explain", ACME, event)
+    assert status == 200
+    assert body["reaches"] == []  # globex and everyone would take it: not this token's to know
+    assert [w["name"] for w in body["webhooks"]] == ["acme-crm"]
+    assert "globex" in body["webhooks"][0]["why_not"][0]
+    status, _, body = api.call("POST", "/api/v1/explain", ADMIN, event)
+    assert body["reaches"] == ["globex", "everyone"]
