@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import msgpack
 
 from router import RouterError, __version__, envelope, predicates, resources
+from router.control import MAX_ATTEMPTS_LIMIT
 from router.tokens import Token
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,19 @@ class Api:
             ],
         }
 
+    def attempts(self, req: Request) -> tuple[int, Any]:
+        """The attempt log, newest first: ``limit`` (20), ``failed``, ``event``."""
+        limit = _query(req, "limit", "20")
+        if not limit.isdigit() or not 0 < int(limit) <= MAX_ATTEMPTS_LIMIT:
+            raise ApiError(422, f"limit must be a whole number from 1 to {MAX_ATTEMPTS_LIMIT}",
+                           "limit")  # fmt: skip
+        failed = _query(req, "failed", "false").lower()
+        if failed not in _BOOLEANS:
+            raise ApiError(422, "failed must be true or false", "failed")
+        event = _query(req, "event", "") or None
+        found = self.app.attempts(req.params["name"], int(limit), _BOOLEANS[failed], event)
+        return 200, {"attempts": found}
+
     def not_yet(self, req: Request) -> tuple[int, Any]:
         raise ApiError(501, "not implemented yet in this version of webhook-router")
 
@@ -154,12 +168,21 @@ class Api:
             (("webhooks",), {"GET": self.list_webhooks, "POST": later}),
             (webhook, {"GET": self.get_webhook, "PUT": later, "DELETE": later}),
             *[((*webhook, a), {"POST": later}) for a in ("enable", "disable", "replay", "test")],
-            ((*webhook, "attempts"), {"GET": later}),
+            ((*webhook, "attempts"), {"GET": self.attempts}),
             (("events",), {"POST": later}),
             (("explain",), {"POST": self.explain}),
             (("event-types",), {"GET": later}),
             (("openapi.json",), {"GET": later}),
         ]
+
+
+_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _query(req: Request, key: str, default: str) -> str:
+    """One query parameter; given twice, the last one counts."""
+    values = req.query.get(key)
+    return values[-1] if values else default
 
 
 def _match(pattern: tuple[str, ...], parts: list[str]) -> dict[str, str] | None:

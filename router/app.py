@@ -332,11 +332,13 @@ class App:
         future = self.dispatcher.get(name).ask(Replay(since, failed_only), timeout=ASK_TIMEOUT)
         return future.get(timeout=60)
 
-    def attempts(self, name: str, limit: int) -> list[dict]:
+    def attempts(
+        self, name: str, limit: int, failed: bool = False, event: str | None = None
+    ) -> list[dict]:
         self.dispatcher.get(name)
         conn = self.journal.reader()
         try:
-            return attempts(conn, name, limit)
+            return attempts(conn, name, limit, failed, event)
         finally:
             conn.close()
 

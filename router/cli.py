@@ -321,7 +321,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_attempts(args: argparse.Namespace) -> int:
-    attempts = _ask(args, "attempts", {"name": args.name, "limit": args.limit})
+    query = {"name": args.name, "limit": args.limit, "failed": args.failed, "event": args.event}
+    attempts = _ask(args, "attempts", query)
     if args.json:
         print(json.dumps(attempts, indent=2, default=str))
         return 0
@@ -459,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attempts", parents=[ctl], help="a webhook's recent attempts, newest first")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--limit", type=_positive_int, default=20, metavar="N")
+    p.add_argument("--failed", action="store_true", help="only attempts that failed")
+    p.add_argument("--event", metavar="ID", help="only the attempts of this event")
     p.add_argument("--json", action="store_true", help="print JSON, response bodies included")
     p.set_defaults(func=cmd_attempts)
 

@@ -56,6 +56,13 @@ def _flag(args: dict, key: str) -> bool:
     return value
 
 
+def _event(args: dict) -> str | None:
+    event = args.get("event")
+    if event is not None and (not isinstance(event, str) or not event):
+        raise RouterError("'event' must be an event id or null")
+    return event
+
+
 def _limit(args: dict) -> int:
     limit = args.get("limit", 20)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_ATTEMPTS_LIMIT:
@@ -73,7 +80,10 @@ COMMANDS: dict[str, tuple[frozenset[str], Callable[[Any, dict], Any]]] = {
         lambda app, a: app.replay(_name(a), _since(a), _flag(a, "failed_only")),
     ),
     "reload": (frozenset(), lambda app, a: app.reload()),
-    "attempts": (frozenset({"name", "limit"}), lambda app, a: app.attempts(_name(a), _limit(a))),
+    "attempts": (
+        frozenset({"name", "limit", "failed", "event"}),
+        lambda app, a: app.attempts(_name(a), _limit(a), _flag(a, "failed"), _event(a)),
+    ),
 }
 
 

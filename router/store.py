@@ -453,12 +453,28 @@ def pending_deliveries(
     return tuple(out), 0
 
 
-def attempts(conn: sqlite3.Connection, webhook: str, limit: int) -> list[dict[str, Any]]:
-    """The attempt log of one webhook, newest first (for ``webhook-router attempts``)."""
+def attempts(
+    conn: sqlite3.Connection,
+    webhook: str,
+    limit: int,
+    failed: bool = False,
+    event: str | None = None,
+) -> list[dict[str, Any]]:
+    """The attempt log of one webhook, newest first (``webhook-router attempts``, the API).
+
+    ``failed``: only attempts that did not succeed (they carry an error); ``event``:
+    only the attempts of that event id.
+    """
+    where, params = "webhook = ?", [webhook]
+    if failed:
+        where += " AND error IS NOT NULL"
+    if event is not None:
+        where += " AND event_id = ?"
+        params.append(event)
     rows = conn.execute(
         "SELECT event_id, seq, number, at, status, error, latency_ms, response FROM attempts"
-        " WHERE webhook = ? ORDER BY at DESC, id DESC LIMIT ?",
-        (webhook, limit),
+        f" WHERE {where} ORDER BY at DESC, id DESC LIMIT ?",
+        (*params, limit),
     )
     return [
         {"id": eid, "seq": seq, "attempt": number, "at": iso(at), "status": status,

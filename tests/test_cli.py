@@ -88,9 +88,11 @@ class FakeApp:
             "changed": ["crm-sync"],
         }
 
-    def attempts(self, name: str, limit: int) -> list[dict]:
+    def attempts(
+        self, name: str, limit: int, failed: bool = False, event: str | None = None
+    ) -> list[dict]:
         self._known(name)
-        self.calls.append(("attempts", name, limit))
+        self.calls.append(("attempts", name, limit, failed, event))
         return [
             {
                 "id": "01HEVENT",
@@ -269,9 +271,15 @@ def test_failed_reload_prints_each_error_and_exits_1(capsys, server, app, config
 def test_attempts_passes_the_limit_and_prints_a_table(capsys, server, app, config):
     code, out, _ = run(capsys, "attempts", "crm-sync", "--limit", "5", "-c", config)
     assert code == 0
-    assert app.calls == [("attempts", "crm-sync", 5)]
+    assert app.calls == [("attempts", "crm-sync", 5, False, None)]
     assert "01HEVENT" in out
     assert "HTTP 500" in out
+
+
+def test_attempts_passes_failed_and_event(capsys, server, app, config):
+    code, _, _ = run(capsys, "attempts", "crm-sync", "--failed", "--event", "e9", "-c", config)
+    assert code == 0
+    assert app.calls == [("attempts", "crm-sync", 20, True, "e9")]
 
 
 def test_unreachable_router_exits_3(capsys, tmp_path):

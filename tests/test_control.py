@@ -62,8 +62,10 @@ class FakeApp:
         self.calls.append(("reload",))
         return {"ok": True, "errors": [], "added": ["new"], "removed": [], "changed": []}
 
-    def attempts(self, name: str, limit: int) -> list[dict]:
-        self.calls.append(("attempts", name, limit))
+    def attempts(
+        self, name: str, limit: int, failed: bool = False, event: str | None = None
+    ) -> list[dict]:
+        self.calls.append(("attempts", name, limit, failed, event))
         self._known(name)
         return [
             {
@@ -104,21 +106,25 @@ def test_every_command_round_trips_to_the_app(server, app):
     replay = {"name": "crm-sync", "since": 100.0, "failed_only": True}
     assert request(addr, "replay", replay) == {"webhook": "crm-sync", "requeued": 3}
     assert request(addr, "reload")["added"] == ["new"]
-    assert request(addr, "attempts", {"name": "crm-sync", "limit": 5})[0]["error"] == "HTTP 500"
+    query = {"name": "crm-sync", "limit": 5, "failed": True, "event": "evt-1"}
+    assert request(addr, "attempts", query)[0]["error"] == "HTTP 500"
     assert app.calls == [
         ("status",),
         ("enable", "crm-sync"),
         ("disable", "crm-sync"),
         ("replay", "crm-sync", 100.0, True),
         ("reload",),
-        ("attempts", "crm-sync", 5),
+        ("attempts", "crm-sync", 5, True, "evt-1"),
     ]
 
 
 def test_replay_and_attempts_have_defaults(server, app):
     request(server.address, "replay", {"name": "crm-sync"})
     request(server.address, "attempts", {"name": "crm-sync"})
-    assert app.calls == [("replay", "crm-sync", None, False), ("attempts", "crm-sync", 20)]
+    assert app.calls == [
+        ("replay", "crm-sync", None, False),
+        ("attempts", "crm-sync", 20, False, None),
+    ]
 
 
 def test_socket_file_is_owner_only(server, tmp_path):
@@ -146,6 +152,8 @@ def test_router_error_gives_an_error_reply(server):
         ("replay", {"name": "crm-sync", "since": "yesterday"}, "'since' must be epoch"),
         ("replay", {"name": "crm-sync", "failed_only": "yes"}, "'failed_only' must be"),
         ("attempts", {"name": "crm-sync", "limit": 0}, "'limit' must be"),
+        ("attempts", {"name": "crm-sync", "failed": "yes"}, "'failed' must be"),
+        ("attempts", {"name": "crm-sync", "event": 7}, "'event' must be an event id"),
         ("status", {"verbose": True}, "unknown argument"),
     ],
 )

@@ -9,7 +9,7 @@ import socket
 
 import yaml
 
-from tests.integration.conftest import SECRET, wait_until
+from tests.integration.conftest import SECRET, Reply, wait_until
 
 ADMIN = "wr_admin-token-of-the-integration-tests-0001"
 READ = "wr_read-token-of-the-integration-tests-00002"
@@ -335,3 +335,31 @@ def test_explain_for_a_company_token_speaks_only_of_its_companies_webhooks(hooks
     assert "globex" in body["webhooks"][0]["why_not"][0]
     status, _, body = api.call("POST", "/api/v1/explain", ADMIN, event)
     assert body["reaches"] == ["globex", "everyone"]
+
+
+def test_the_attempt_log_with_its_filters_for_tokens_that_may_see_the_webhook(
+    hooks, daemon_factory
+):
+    webhooks = [
+        {"name": "acme-crm", "url": hooks.url("/1"), "companies": ["acme"],
+         "retry": {"backoff": ["50ms"]}},
+        {"name": "globex", "url": hooks.url("/2"), "companies": ["globex"]},
+    ]  # fmt: skip
+    hooks.script("/1", Reply(500, body=b"try later"))
+    d, api = start(daemon_factory, hooks, webhooks)
+    d.send({"type": "T", "id": "e1", "company": "acme"})
+    d.send({"type": "T", "id": "e2", "company": "acme"})
+    wait_until(lambda: d.webhook("acme-crm")["delivered"] == 2, what="two deliveries")
+    path = "/api/v1/webhooks/acme-crm/attempts"
+    wait_until(lambda: len(api.get(path)[1]["attempts"]) == 3, what="3 attempts logged")
+    status, body = api.get(path + "?failed=true", READ)
+    assert status == 200
+    (failed,) = body["attempts"]
+    assert (failed["status"], failed["response"], failed["error"]) == (500, "try later", "HTTP 500")
+    status, body = api.get(f"{path}?event={failed['id']}&limit=1", ACME)
+    assert status == 200
+    assert [(a["id"], a["attempt"]) for a in body["attempts"]] == [(failed["id"], 2)]
+    assert api.get("/api/v1/webhooks/globex/attempts", ACME)[0] == 404  # not this tenant's
+    for query, key in (("limit=0", "limit"), ("limit=x", "limit"), ("failed=maybe", "failed")):
+        status, body = api.get(f"{path}?{query}")
+        assert status == 422 and body["errors"][0]["path"] == key, query

@@ -102,3 +102,25 @@ def test_replay_sends_delivered_events_again_and_attempts_shows_the_log(hooks, d
         lambda: [hooks.ids("/r", "T").count(i) for i in (retried, other)] == [3, 2],
         what="the replay",
     )
+
+
+def test_attempts_shows_only_the_failed_ones_or_one_events_when_asked(hooks, daemon_factory):
+    hooks.script("/r", Reply(503), Reply(500))
+    d = daemon_factory(
+        [{"name": "r", "url": hooks.url("/r"), "retry": {"backoff": ["50ms"]}}]
+    ).start()
+    d.send({"type": "T", "id": "bumpy"})  # 503, 500, then 2xx
+    wait_until(lambda: d.webhook("r")["delivered"] == 1, what="the first delivery")
+    d.send({"type": "T", "id": "smooth"})
+    wait_until(lambda: d.webhook("r")["delivered"] == 2, what="the second delivery")
+
+    def log(*flags: str) -> list[tuple]:
+        proc = d.cli("attempts", "r", "--json", *flags)
+        assert proc.returncode == 0, proc.stderr
+        return [(a["id"], a["attempt"], a["status"]) for a in json.loads(proc.stdout)]
+
+    wait_until(lambda: len(log()) == 4, what="4 attempts logged")
+    assert log("--failed") == [("bumpy", 2, 500), ("bumpy", 1, 503)]
+    assert log("--event", "smooth") == [("smooth", 1, 200)]
+    assert log("--event", "bumpy", "--failed", "--limit", "1") == [("bumpy", 2, 500)]
+    assert log("--event", "nobody") == []
