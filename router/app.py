@@ -328,8 +328,16 @@ class App:
     def disable(self, name: str) -> dict:
         return self.dispatcher.get(name).ask(Disable(), timeout=ASK_TIMEOUT)
 
-    def replay(self, name: str, since: float | None, failed_only: bool) -> dict:
-        future = self.dispatcher.get(name).ask(Replay(since, failed_only), timeout=ASK_TIMEOUT)
+    def replay(
+        self,
+        name: str,
+        since: float | None,
+        failed_only: bool,
+        until: float | None = None,
+        event: str | None = None,
+    ) -> dict:
+        replay = Replay(since, failed_only, until, event)
+        future = self.dispatcher.get(name).ask(replay, timeout=ASK_TIMEOUT)
         return future.get(timeout=60)
 
     def attempts(

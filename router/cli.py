@@ -298,7 +298,8 @@ def cmd_disable(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    cargs = {"name": args.name, "since": args.since, "failed_only": args.failed}
+    cargs = {"name": args.name, "since": args.since, "until": args.until, "event": args.event,
+             "failed_only": args.failed}  # fmt: skip
     result = _ask(args, "replay", cargs)
     print(f"{result.get('webhook')}: {result.get('requeued')} deliveries requeued")
     return 0
@@ -453,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help="ISO-8601 time, or a duration ago (2h, 30m, 90)",
     )
+    p.add_argument(
+        "--until", type=parse_since, metavar="T", help="only events received before T (as --since)"
+    )
+    p.add_argument("--event", metavar="ID", help="only this event")
     p.add_argument("--failed", action="store_true", help="only deliveries that used up attempts")
     p.set_defaults(func=cmd_replay)
     p = sub.add_parser("reload", parents=[ctl], help="re-read the config file (like SIGHUP)")

@@ -42,11 +42,11 @@ def _name(args: dict) -> str:
     return name
 
 
-def _since(args: dict) -> float | None:
-    since = args.get("since")
-    if since is not None and (isinstance(since, bool) or not isinstance(since, int | float)):
-        raise RouterError("'since' must be epoch seconds or null")
-    return None if since is None else float(since)
+def _time(args: dict, key: str) -> float | None:
+    at = args.get(key)
+    if at is not None and (isinstance(at, bool) or not isinstance(at, int | float)):
+        raise RouterError(f"'{key}' must be epoch seconds or null")
+    return None if at is None else float(at)
 
 
 def _flag(args: dict, key: str) -> bool:
@@ -76,8 +76,10 @@ COMMANDS: dict[str, tuple[frozenset[str], Callable[[Any, dict], Any]]] = {
     "enable": (frozenset({"name"}), lambda app, a: app.enable(_name(a))),
     "disable": (frozenset({"name"}), lambda app, a: app.disable(_name(a))),
     "replay": (
-        frozenset({"name", "since", "failed_only"}),
-        lambda app, a: app.replay(_name(a), _since(a), _flag(a, "failed_only")),
+        frozenset({"name", "since", "until", "event", "failed_only"}),
+        lambda app, a: app.replay(
+            _name(a), _time(a, "since"), _flag(a, "failed_only"), _time(a, "until"), _event(a)
+        ),
     ),
     "reload": (frozenset(), lambda app, a: app.reload()),
     "attempts": (

@@ -190,13 +190,17 @@ class Revive:
     """Turn ``webhook``'s exhausted deliveries back into pending ones (attempts reset).
 
     With ``since`` (epoch seconds) or ``include_done``, this is a replay: deliveries
-    already done are sent again too. Replies ``Loaded`` with how many were revived.
+    already done are sent again too. ``since``/``until`` bound when the events were
+    received (``since`` included, ``until`` not); ``event`` picks one event id.
+    Replies ``Loaded`` with how many were revived.
     """
 
     webhook: str
     reply: Callable[[Any], None]
     since: float | None = None
     include_done: bool = False
+    until: float | None = None
+    event: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

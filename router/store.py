@@ -323,13 +323,16 @@ def revive(conn: sqlite3.Connection, msg: Revive) -> int:
     Returns how many; their bodies stay in the file (the queue loads them in order).
     """
     states = "('exhausted', 'done')" if msg.include_done else "('exhausted')"
-    since = ""
-    if msg.since is not None:
-        since = " AND seq IN (SELECT seq FROM events WHERE received_at >= ?)"
-    params = (msg.webhook,) if msg.since is None else (msg.webhook, msg.since)
+    events, params = [], [msg.webhook]
+    for test, value in (("received_at >= ?", msg.since), ("received_at < ?", msg.until),
+                        ("id = ?", msg.event)):  # fmt: skip
+        if value is not None:
+            events.append(test)
+            params.append(value)
+    which = f" AND seq IN (SELECT seq FROM events WHERE {' AND '.join(events)})" if events else ""
     return conn.execute(
         "UPDATE deliveries SET state = 'pending', attempts = 0, next_at = NULL"
-        f" WHERE webhook = ? AND state IN {states}{since}",
+        f" WHERE webhook = ? AND state IN {states}{which}",
         params,
     ).rowcount
 

@@ -81,8 +81,12 @@ class Disable:
 
 @dataclass(frozen=True, slots=True)
 class Replay:
+    """Send deliveries again: received in [since, until), or of one event; failed ones only."""
+
     since: float | None
     failed_only: bool
+    until: float | None = None
+    event: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +193,9 @@ class Supervisor(Actor):
             case Disable():
                 self._run(core.disable())
                 return core.answer(True, "disabled")
-            case Replay(since, failed_only):
+            case Replay(since, failed_only, until, event):
                 future = pykka.ThreadingFuture()
-                self._run(core.replay(since, failed_only, future.set))
+                self._run(core.replay(since, failed_only, future.set, until, event))
                 return future
             case Reconfigure(config):
                 self._run(core.reconfigure(config, now))
@@ -234,10 +238,10 @@ class Supervisor(Actor):
                 case Load(generation, after_seq, limit, max_bytes, seqs):
                     name, reply = self.core.config.name, self._loaded(generation)
                     w.journal.submit(LoadPending(name, after_seq, limit, reply, max_bytes, seqs))
-                case Requeue(generation, since, include_done):
+                case Requeue(generation, since, include_done, until, event):
                     name = self.core.config.name
                     reply = self._loaded(generation)
-                    w.journal.submit(Revive(name, reply, since, include_done))
+                    w.journal.submit(Revive(name, reply, since, include_done, until, event))
 
     def _loaded(self, generation: int) -> Callable[[Loaded], None]:
         """The journal's reply, tagged so that answers from before a resync are ignored."""

@@ -94,6 +94,8 @@ class Requeue:
     generation: int
     since: float | None = None
     include_done: bool = False
+    until: float | None = None
+    event: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,10 +329,15 @@ class WebhookCore:
         return [Record(SaveState(self.config.name, self.state))]
 
     def replay(
-        self, since: float | None, failed_only: bool, waiter: Callable[[dict], None] | None = None
+        self,
+        since: float | None,
+        failed_only: bool,
+        waiter: Callable[[dict], None] | None = None,
+        until: float | None = None,
+        event: str | None = None,
     ) -> list:
         self.replay_waiter = waiter
-        return [self._requeue(since, include_done=not failed_only)]
+        return [self._requeue(since, not failed_only, until, event)]
 
     def reconfigure(self, config: WebhookConfig, now: float) -> list:
         old, self.config = self.config, config
@@ -535,7 +542,13 @@ class WebhookCore:
         self.spilled = True
         self.max_spilled = 0
 
-    def _requeue(self, since: float | None = None, include_done: bool = False) -> Requeue:
+    def _requeue(
+        self,
+        since: float | None = None,
+        include_done: bool = False,
+        until: float | None = None,
+        event: str | None = None,
+    ) -> Requeue:
         """Ask the journal to make exhausted (or replayed) deliveries pending again.
 
         Nothing from the ready queue goes out until the answer is in, so the flush
@@ -543,7 +556,7 @@ class WebhookCore:
         """
         self._forget_queue()
         self.loading = True
-        return Requeue(self.generation, since, include_done)
+        return Requeue(self.generation, since, include_done, until, event)
 
     def _resync(self, now: float) -> list:
         self._forget_queue()

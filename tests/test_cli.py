@@ -73,9 +73,11 @@ class FakeApp:
         self._known(name)
         return {"webhook": name, "ok": True, "state": "disabled", "detail": None}
 
-    def replay(self, name: str, since: float | None, failed_only: bool) -> dict:
+    def replay(
+        self, name: str, since: float | None, failed_only: bool, until=None, event=None
+    ) -> dict:
         self._known(name)
-        self.calls.append(("replay", name, since, failed_only))
+        self.calls.append(("replay", name, since, failed_only, until, event))
         return {"webhook": name, "requeued": 7}
 
     def reload(self) -> dict:
@@ -246,14 +248,22 @@ def test_unknown_webhook_is_one_error_line_and_exit_1(capsys, server, config):
 def test_replay_since_a_duration_sends_that_long_ago(capsys, server, app, config):
     code, out, _ = run(capsys, "replay", "crm-sync", "--since", "2h", "--failed", "-c", config)
     assert (code, out) == (0, "crm-sync: 7 deliveries requeued\n")
-    (_, name, since, failed_only), *_ = app.calls
-    assert (name, failed_only) == ("crm-sync", True)
+    (_, name, since, failed_only, until, event), *_ = app.calls
+    assert (name, failed_only, until, event) == ("crm-sync", True, None, None)
     assert abs(since - (time.time() - 7200)) < 60
+
+
+def test_replay_until_a_time_and_of_one_event(capsys, server, app, config):
+    args = ("replay", "crm-sync", "--until", "2026-11-27T16:00:00Z", "--event", "e7", "-c", config)
+    assert run(capsys, *args)[0] == 0
+    ((_, _, since, failed_only, until, event),) = app.calls
+    assert (since, failed_only, event) == (None, False, "e7")
+    assert until == datetime(2026, 11, 27, 16, tzinfo=UTC).timestamp()
 
 
 def test_replay_without_since_replays_everything(capsys, server, app, config):
     assert run(capsys, "replay", "crm-sync", "-c", config)[0] == 0
-    assert app.calls == [("replay", "crm-sync", None, False)]
+    assert app.calls == [("replay", "crm-sync", None, False, None, None)]
 
 
 def test_reload_lists_the_changes(capsys, server, config):

@@ -53,8 +53,10 @@ class FakeApp:
         self._known(name)
         return {"webhook": name, "ok": True, "state": "disabled", "detail": None}
 
-    def replay(self, name: str, since: float | None, failed_only: bool) -> dict:
-        self.calls.append(("replay", name, since, failed_only))
+    def replay(
+        self, name: str, since: float | None, failed_only: bool, until=None, event=None
+    ) -> dict:
+        self.calls.append(("replay", name, since, failed_only, until, event))
         self._known(name)
         return {"webhook": name, "requeued": 3}
 
@@ -103,7 +105,8 @@ def test_every_command_round_trips_to_the_app(server, app):
     assert request(addr, "status") == STATUS
     assert request(addr, "enable", {"name": "crm-sync"})["state"] == "active"
     assert request(addr, "disable", {"name": "crm-sync"})["state"] == "disabled"
-    replay = {"name": "crm-sync", "since": 100.0, "failed_only": True}
+    replay = {"name": "crm-sync", "since": 100.0, "until": 200, "event": "evt-1",
+              "failed_only": True}  # fmt: skip
     assert request(addr, "replay", replay) == {"webhook": "crm-sync", "requeued": 3}
     assert request(addr, "reload")["added"] == ["new"]
     query = {"name": "crm-sync", "limit": 5, "failed": True, "event": "evt-1"}
@@ -112,7 +115,7 @@ def test_every_command_round_trips_to_the_app(server, app):
         ("status",),
         ("enable", "crm-sync"),
         ("disable", "crm-sync"),
-        ("replay", "crm-sync", 100.0, True),
+        ("replay", "crm-sync", 100.0, True, 200.0, "evt-1"),
         ("reload",),
         ("attempts", "crm-sync", 5, True, "evt-1"),
     ]
@@ -122,7 +125,7 @@ def test_replay_and_attempts_have_defaults(server, app):
     request(server.address, "replay", {"name": "crm-sync"})
     request(server.address, "attempts", {"name": "crm-sync"})
     assert app.calls == [
-        ("replay", "crm-sync", None, False),
+        ("replay", "crm-sync", None, False, None, None),
         ("attempts", "crm-sync", 20, False, None),
     ]
 

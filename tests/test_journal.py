@@ -453,6 +453,24 @@ def test_revive_with_include_done_replays_done_deliveries_since(make, clock):
     assert states(j.reader(), "b")["other"][0] == "done"
 
 
+def test_revive_until_a_time_or_of_one_event_picks_only_those(make, clock):
+    j, rec = make()
+    t0 = clock.now
+    seqs = append(j, rec, accepted("early", "a"))
+    clock.advance(50)
+    seqs |= append(j, rec, accepted("late", "a"), accepted("other", "a"))
+    for eid in ("early", "late", "other"):
+        j.submit(Outcome("a", seqs[eid], result(seqs[eid], 1, clock.now), "done"))
+    until = ask(j, lambda reply: Revive("a", reply, include_done=True, until=t0 + 10))
+    assert until.revived == 1
+    one = ask(j, lambda reply: Revive("a", reply, include_done=True, event="late"))
+    assert one.revived == 1
+    assert {e: st[0] for e, st in states(j.reader(), "a").items()} == {
+        "early": "pending", "late": "pending", "other": "done"}  # fmt: skip
+    both = Revive("a", lambda r: None, include_done=True, since=t0 + 10, event="early")
+    assert ask(j, lambda reply: replace(both, reply=reply)).revived == 0  # early is before since
+
+
 def test_cancel_cancels_pending_and_exhausted_deliveries_of_one_webhook(make, clock, caplog):
     j, rec = make()
     seqs = append(j, rec, *(accepted(f"e{i}", "a", "b") for i in range(1, 4)))

@@ -4,8 +4,10 @@ import json
 import resource
 import socket
 import urllib.request
+from datetime import UTC, datetime
 
 from tests.integration.conftest import Reply, wait_until
+from tests.integration.test_recovery import GatedHooks
 
 
 def test_a_full_disk_refuses_acked_events_with_a_reason_and_loses_nothing(hooks, daemon_factory):
@@ -124,3 +126,41 @@ def test_attempts_shows_only_the_failed_ones_or_one_events_when_asked(hooks, dae
     assert log("--event", "smooth") == [("smooth", 1, 200)]
     assert log("--event", "bumpy", "--failed", "--limit", "1") == [("bumpy", 2, 500)]
     assert log("--event", "nobody") == []
+
+
+def test_replay_until_a_time_or_of_one_event_sends_each_once_more_and_repeats_add_nothing(
+    daemon_factory,
+):
+    hooks = GatedHooks()
+    try:
+        d = daemon_factory([{"name": "r", "url": hooks.url("/r")}]).start()
+        for n, eid in enumerate(("old-1", "old-2"), 1):
+            d.send({"type": "T", "id": eid})
+            wait_until(lambda n=n: d.webhook("r")["delivered"] == n, what=f"delivery {n}")
+        between = datetime.now(UTC)
+        wait_until(lambda: datetime.now(UTC) > between, what="the clock to move on")
+        d.send({"type": "T", "id": "new-1"})
+        wait_until(lambda: d.webhook("r")["delivered"] == 3, what="delivery 3")
+
+        def replay(*flags: str) -> str:
+            proc = d.cli("replay", "r", *flags)
+            assert proc.returncode == 0, proc.stderr
+            return proc.stdout.strip()
+
+        assert replay("--until", between.isoformat()) == "r: 2 deliveries requeued"
+        wait_until(lambda: len(hooks.ids("/r")) == 5, what="the replay")
+        gate = hooks.hold("/r")  # what is replayed next stays queued or in flight
+        assert replay("--event", "new-1") == "r: 1 deliveries requeued"
+        wait_until(lambda: len(hooks.ids("/r")) == 6, what="the replayed attempt in flight")
+        assert replay("--event", "new-1") == "r: 0 deliveries requeued"  # already queued
+        assert replay("--until", between.isoformat(), "--event", "new-1") == (
+            "r: 0 deliveries requeued"  # both conditions hold for none
+        )
+        gate.set()
+        wait_until(lambda: d.webhook("r")["delivered"] == 6, what="the replays delivered")
+        ids = hooks.ids("/r")
+        assert {eid: ids.count(eid) for eid in set(ids)} == {"old-1": 2, "old-2": 2, "new-1": 2}
+    finally:
+        for gate in hooks.gates.values():
+            gate.set()
+        hooks.close()
