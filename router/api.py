@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -154,6 +155,33 @@ class Api:
         found = self.app.attempts(req.params["name"], int(limit), _BOOLEANS[failed], event)
         return 200, {"attempts": found}
 
+    def enable(self, req: Request) -> tuple[int, Any]:
+        """Health check first: 200 once it passed and the webhook is enabled, 502 if not."""
+        try:
+            answer = self.app.enable(req.params["name"])
+        except RouterError as e:
+            raise ApiError(502, str(e)) from None
+        return (200 if answer.get("ok") else 502), answer
+
+    def disable(self, req: Request) -> tuple[int, Any]:
+        return 200, self.app.disable(req.params["name"])
+
+    def replay(self, req: Request) -> tuple[int, Any]:
+        """Body ``{"since", "until", "failed", "event"}``, all optional: 202 ``{"replayed": N}``."""
+        body = _object(req.body)
+        unknown = sorted(set(body) - {"since", "until", "failed", "event"})
+        if unknown:
+            raise ApiError(422, f"unknown key {unknown[0]!r}", unknown[0])
+        failed = body.get("failed", False)
+        if not isinstance(failed, bool):
+            raise ApiError(422, "failed must be true or false", "failed")
+        event = body.get("event")
+        if event is not None and (not isinstance(event, str) or not event):
+            raise ApiError(422, "event must be an event id", "event")
+        since, until = _moment(body, "since"), _moment(body, "until")
+        answer = self.app.replay(req.params["name"], since, failed, until, event)
+        return 202, {"webhook": answer.get("webhook"), "replayed": answer.get("requeued", 0)}
+
     def not_yet(self, req: Request) -> tuple[int, Any]:
         raise ApiError(501, "not implemented yet in this version of webhook-router")
 
@@ -167,7 +195,10 @@ class Api:
         return [
             (("webhooks",), {"GET": self.list_webhooks, "POST": later}),
             (webhook, {"GET": self.get_webhook, "PUT": later, "DELETE": later}),
-            *[((*webhook, a), {"POST": later}) for a in ("enable", "disable", "replay", "test")],
+            ((*webhook, "enable"), {"POST": self.enable}),
+            ((*webhook, "disable"), {"POST": self.disable}),
+            ((*webhook, "replay"), {"POST": self.replay}),
+            ((*webhook, "test"), {"POST": later}),
             ((*webhook, "attempts"), {"GET": self.attempts}),
             (("events",), {"POST": later}),
             (("explain",), {"POST": self.explain}),
@@ -177,6 +208,34 @@ class Api:
 
 
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _object(body: bytes) -> dict:
+    """A request body that must be a JSON object (an empty body is ``{}``)."""
+    try:
+        value = json.loads(body) if body.strip() else {}
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the body is not JSON: {e}", "body") from None
+    if not isinstance(value, dict):
+        raise ApiError(422, "the body must be a JSON object", "body")
+    return value
+
+
+def _moment(body: dict, key: str) -> float | None:
+    """A time in a body: ISO-8601 (with its offset; none means UTC) or epoch seconds."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            at = datetime.fromisoformat(value.strip())
+        except ValueError:
+            pass
+        else:
+            return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+    raise ApiError(422, f"{key} must be an ISO-8601 time or epoch seconds", key)
 
 
 def _query(req: Request, key: str, default: str) -> str:

@@ -105,7 +105,7 @@ def test_a_read_token_cannot_write_and_an_admin_hears_writes_are_not_there_yet(
 ):
     _, api = start(daemon_factory, hooks)
     writes = [("POST", "/api/v1/webhooks"), ("PUT", "/api/v1/webhooks/a"),
-              ("DELETE", "/api/v1/webhooks/a"), ("POST", "/api/v1/webhooks/a/disable"),
+              ("DELETE", "/api/v1/webhooks/a"), ("POST", "/api/v1/webhooks/a/test"),
               ("POST", "/api/v1/events")]  # fmt: skip
     for method, path in writes:
         status, _, body = api.call(method, path, READ, b"{}")
@@ -221,7 +221,7 @@ def test_a_company_token_sees_only_its_companies_webhooks_and_404_for_the_others
         assert missing[1]["errors"][0]["message"] == "no webhook named 'no-such'"
         # not even a write reveals it: the same 404 before anything else happens
         assert api.call("POST", f"/api/v1/webhooks/{name}/disable", ACME)[0] == 404
-    assert api.call("POST", "/api/v1/webhooks/acme-crm/disable", ACME)[0] == 501
+    assert api.call("POST", "/api/v1/webhooks/acme-crm/disable", ACME)[0] == 200  # its own
     status, _, body = api.call("POST", "/api/v1/events", ACME, b"{}")
     assert status == 403 and "limited to companies" in body["errors"][0]["message"]
     assert len(api.get("/api/v1/webhooks", ADMIN)[1]["webhooks"]) == 6
@@ -363,3 +363,38 @@ def test_the_attempt_log_with_its_filters_for_tokens_that_may_see_the_webhook(
     for query, key in (("limit=0", "limit"), ("limit=x", "limit"), ("failed=maybe", "failed")):
         status, body = api.get(f"{path}?{query}")
         assert status == 422 and body["errors"][0]["path"] == key, query
+
+
+def test_disable_enable_and_replay_as_the_cli_does_them(hooks, daemon_factory):
+    d, api = start(daemon_factory, hooks)
+    d.send({"type": "B_ONE", "id": "e1"})
+    wait_until(lambda: d.webhook("b")["delivered"] == 1, what="the delivery")
+    status, _, body = api.call("POST", "/api/v1/webhooks/b/disable", ADMIN)
+    assert (status, body["state"]) == (200, "disabled")
+    assert d.webhook("b")["state"] == "disabled"
+    hooks.script("/b", Reply(500))  # the health check fails: it stays disabled
+    status, _, body = api.call("POST", "/api/v1/webhooks/b/enable", ADMIN)
+    assert (status, body["ok"], body["state"]) == (502, False, "disabled")
+    status, _, body = api.call("POST", "/api/v1/webhooks/b/enable", ADMIN)  # now it answers 2xx
+    assert (status, body["ok"], body["state"]) == (200, True, "active")
+    status, _, body = api.call("POST", "/api/v1/webhooks/b/replay", ADMIN, b'{"event": "e1"}')
+    assert (status, body) == (202, {"webhook": "b", "replayed": 1})
+    wait_until(lambda: hooks.ids("/b", "B_ONE") == ["e1", "e1"], what="the replay")
+    status, _, body = api.call(
+        "POST", "/api/v1/webhooks/b/replay", ADMIN, b'{"until": "2000-01-01T00:00:00Z"}'
+    )
+    assert (status, body["replayed"]) == (202, 0)  # nothing was received before 2000
+
+
+def test_replay_bodies_are_checked_and_scopes_and_tenants_hold(hooks, daemon_factory):
+    _, api = start(daemon_factory, hooks)
+    path = "/api/v1/webhooks/a/replay"
+    for body, key in ((b'{"since": "yesterday"}', "since"), (b'{"failed": "yes"}', "failed"),
+                      (b'{"event": 7}', "event"), (b'{"everything": true}', "everything"),
+                      (b"[1]", "body")):  # fmt: skip
+        status, _, answer = api.call("POST", path, ADMIN, body)
+        assert status == 422 and answer["errors"][0]["path"] == key, body
+    assert api.call("POST", path, ADMIN, b"{nope")[0] == 400
+    assert api.call("POST", path, READ, b"{}")[0] == 403
+    assert api.call("POST", path, ACME, b"{}")[0] == 404  # webhook a is not acme's
+    assert api.call("POST", "/api/v1/webhooks/a/disable", ACME)[0] == 404
