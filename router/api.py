@@ -182,6 +182,13 @@ class Api:
         answer = self.app.replay(req.params["name"], since, failed, until, event)
         return 202, {"webhook": answer.get("webhook"), "replayed": answer.get("requeued", 0)}
 
+    def test(self, req: Request) -> tuple[int, Any]:
+        """A ``WEBHOOK_TEST`` event to this webhook alone: 200 with the attempt's result."""
+        try:
+            return 200, self.app.test(req.params["name"])
+        except RouterError as e:
+            raise ApiError(504, str(e)) from None
+
     def not_yet(self, req: Request) -> tuple[int, Any]:
         raise ApiError(501, "not implemented yet in this version of webhook-router")
 
@@ -198,7 +205,7 @@ class Api:
             ((*webhook, "enable"), {"POST": self.enable}),
             ((*webhook, "disable"), {"POST": self.disable}),
             ((*webhook, "replay"), {"POST": self.replay}),
-            ((*webhook, "test"), {"POST": later}),
+            ((*webhook, "test"), {"POST": self.test}),
             ((*webhook, "attempts"), {"GET": self.attempts}),
             (("events",), {"POST": later}),
             (("explain",), {"POST": self.explain}),

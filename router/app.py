@@ -35,16 +35,18 @@ from router.clock import Clock
 from router.config import Config, WebhookConfig
 from router.control import ControlServer
 from router.dispatch import Dispatcher
-from router.envelope import new_id
+from router.envelope import new_id, synthetic
 from router.filter import Filter, FilterActor, FilterAddress, Swap
 from router.handle import Starter, WebhookHandle
 from router.journal import Journal
+from router.messages import Attempt
 from router.metrics import MetricsServer
 from router.receiver import MAX_OUTSTANDING_BYTES, AckChannel, Bind, Receiver
 from router.scheduler import Scheduler
 from router.senders import Senders
 from router.store import attempts
 from router.supervisor import Disable, Enable, Replay, Wiring
+from router.webhook import TEST_EVENT
 
 log = logging.getLogger(__name__)
 
@@ -355,6 +357,28 @@ class App:
             all(r is not None and r.is_alive() for r in (self.receiver, self.filter))
             and self.journal.alive()
         )
+
+    def test(self, name: str) -> dict:
+        """Send one ``WEBHOOK_TEST`` event to webhook ``name`` alone, and what came of it.
+
+        A control action, not a delivery: nothing is journaled and the webhook's
+        state, health and counters stay as they are (a disabled one can be tested).
+        """
+        cfg = self.config_for(name)
+        payload = synthetic(new_id(self.clock), TEST_EVENT, self.clock.time())
+        done: pykka.ThreadingFuture = pykka.ThreadingFuture()
+        self.pool.submit(Attempt(cfg, 0, payload, 1), done.set)
+        wait = cfg.timeout * 2 + ASK_TIMEOUT
+        try:
+            r = done.get(timeout=wait)
+        except pykka.Timeout:
+            raise RouterError(
+                f"webhook '{name}': the test got no answer within {wait:.0f}s"
+            ) from None
+        log.info("webhook %s: test event %s: %s", name, payload.id, "ok" if r.ok else r.error)
+        return {"webhook": name, "event": payload.id, "ok": r.ok, "status": r.status,
+                "latency_ms": round(r.latency * 1000, 1), "error": r.error,
+                "response": r.response}  # fmt: skip
 
     def config_for(self, name: str) -> WebhookConfig:
         for w in self.config.webhooks:

@@ -52,6 +52,7 @@ RETRY_HORIZON = 2.0  # seconds: a retry due later waits without its body
 BUDGET_RETRY = 0.25  # seconds before asking the shared budget again after a refusal
 LOAD_LEAST = 64 * 1024  # the smallest reservation worth a load from the journal
 HEALTH_CHECK = "WEBHOOK_HEALTH_CHECK"
+TEST_EVENT = "WEBHOOK_TEST"  # what a test sends (``App.test``): it changes no state
 PROBE_LIFTS = ("exhausted", "gone")  # why a webhook was disabled that a probe may undo
 
 # --------------------------------------------------------------------------- effects

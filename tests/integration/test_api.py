@@ -8,6 +8,7 @@ import json
 import socket
 
 import yaml
+from standardwebhooks.webhooks import Webhook
 
 from tests.integration.conftest import SECRET, Reply, wait_until
 
@@ -105,8 +106,7 @@ def test_a_read_token_cannot_write_and_an_admin_hears_writes_are_not_there_yet(
 ):
     _, api = start(daemon_factory, hooks)
     writes = [("POST", "/api/v1/webhooks"), ("PUT", "/api/v1/webhooks/a"),
-              ("DELETE", "/api/v1/webhooks/a"), ("POST", "/api/v1/webhooks/a/test"),
-              ("POST", "/api/v1/events")]  # fmt: skip
+              ("DELETE", "/api/v1/webhooks/a"), ("POST", "/api/v1/events")]  # fmt: skip
     for method, path in writes:
         status, _, body = api.call(method, path, READ, b"{}")
         assert status == 403, path
@@ -398,3 +398,23 @@ def test_replay_bodies_are_checked_and_scopes_and_tenants_hold(hooks, daemon_fac
     assert api.call("POST", path, READ, b"{}")[0] == 403
     assert api.call("POST", path, ACME, b"{}")[0] == 404  # webhook a is not acme's
     assert api.call("POST", "/api/v1/webhooks/a/disable", ACME)[0] == 404
+
+
+def test_a_test_event_goes_to_one_webhook_signed_and_changes_nothing(hooks, daemon_factory):
+    d, api = start(daemon_factory, hooks)
+    status, _, body = api.call("POST", "/api/v1/webhooks/b/test", ADMIN)
+    assert status == 200
+    assert (body["webhook"], body["ok"], body["status"], body["error"]) == ("b", True, 200, None)
+    (req,) = hooks.at("/b", "WEBHOOK_TEST")
+    assert req.headers["webhook-id"] == body["event"]
+    Webhook(SECRET).verify(req.body, req.headers)
+    assert hooks.at(f"/a/{URL_SECRET}") == []  # this webhook only
+    hooks.script("/b", Reply(500, body=b"not today"))
+    status, _, body = api.call("POST", "/api/v1/webhooks/b/test", ADMIN)
+    assert (status, body["ok"], body["status"], body["response"]) == (200, False, 500, "not today")
+    w = d.webhook("b")  # a test is not a delivery: no counts, no health change
+    assert (w["state"], w["consecutive_failures"], w["delivered"], w["failed"]) == (
+        "active", 0, 0, 0
+    )  # fmt: skip
+    assert api.call("POST", "/api/v1/webhooks/b/test", READ)[0] == 403
+    assert api.call("POST", "/api/v1/webhooks/b/test", ACME)[0] == 404
