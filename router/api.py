@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgpack
 
-from router import RouterError, __version__, envelope, predicates, resources
+from router import RouterError, __version__, envelope, openapi, predicates, resources
 from router.control import MAX_ATTEMPTS_LIMIT
 from router.tokens import Token
 
@@ -98,10 +98,12 @@ class Api:
         ]
 
     def list_webhooks(self, req: Request) -> tuple[int, Any]:
+        """Every webhook the token may see, with its settings and status."""
         visible = [w for w in self.app.config.webhooks if req.token.sees(w.rules)]
         return 200, {"webhooks": self._shown(req.token, visible)}
 
     def get_webhook(self, req: Request) -> tuple[int, Any]:
+        """One webhook, as in the list."""
         shown = self._shown(req.token, [self._visible(req.token, req.params["name"])])
         if not shown:
             raise ApiError(404, f"no webhook named '{req.params['name']}'", "name")
@@ -164,6 +166,7 @@ class Api:
         return (200 if answer.get("ok") else 502), answer
 
     def disable(self, req: Request) -> tuple[int, Any]:
+        """Disable by hand: no attempts, deliveries held."""
         return 200, self.app.disable(req.params["name"])
 
     def replay(self, req: Request) -> tuple[int, Any]:
@@ -190,6 +193,7 @@ class Api:
             raise ApiError(504, str(e)) from None
 
     def not_yet(self, req: Request) -> tuple[int, Any]:
+        """Not implemented yet in this version of webhook-router."""
         raise ApiError(501, "not implemented yet in this version of webhook-router")
 
     def routes(self) -> list[tuple[tuple[str, ...], dict[str, Handler]]]:
@@ -210,8 +214,12 @@ class Api:
             (("events",), {"POST": later}),
             (("explain",), {"POST": self.explain}),
             (("event-types",), {"GET": later}),
-            (("openapi.json",), {"GET": later}),
+            (("openapi.json",), {"GET": self.openapi}),
         ]
+
+    def openapi(self, req: Request) -> tuple[int, Any]:
+        """This API described in OpenAPI 3.1."""
+        return 200, openapi.document(PREFIX, self.routes(), self.not_yet)
 
 
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}

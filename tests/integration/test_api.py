@@ -8,8 +8,10 @@ import json
 import socket
 
 import yaml
+from openapi_spec_validator import validate
 from standardwebhooks.webhooks import Webhook
 
+from router import __version__
 from tests.integration.conftest import SECRET, Reply, wait_until
 
 ADMIN = "wr_admin-token-of-the-integration-tests-0001"
@@ -418,3 +420,24 @@ def test_a_test_event_goes_to_one_webhook_signed_and_changes_nothing(hooks, daem
     )  # fmt: skip
     assert api.call("POST", "/api/v1/webhooks/b/test", READ)[0] == 403
     assert api.call("POST", "/api/v1/webhooks/b/test", ACME)[0] == 404
+
+
+def test_openapi_json_is_valid_openapi_and_says_what_each_endpoint_does(hooks, daemon_factory):
+    _, api = start(daemon_factory, hooks)
+    status, doc = api.get("/api/v1/openapi.json", READ)
+    assert status == 200
+    validate(doc)  # openapi-spec-validator, from PyPI
+    assert doc["info"]["version"] == __version__
+    # What the document says of each operation is what the daemon does: 501 or not.
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            url = path.replace("{name}", "b")
+            body = b"{}" if method in ("post", "put") else None
+            if "explain" in path:
+                body = b'{"type": "T"}'
+            status, _, _ = api.call(method.upper(), url, ADMIN, body)
+            assert (status == 501) == ("501" in op["responses"]), (method, path, status)
+            if status != 501:
+                assert str(status) in op["responses"], (method, path, status)
