@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import msgpack
 
 from router import RouterError, __version__, envelope, openapi, predicates, resources
-from router.control import MAX_ATTEMPTS_LIMIT
+from router.control import ATTEMPTS_LIMIT, MAX_ATTEMPTS_LIMIT
 from router.tokens import Token
 
 log = logging.getLogger(__name__)
@@ -145,8 +145,8 @@ class Api:
         }
 
     def attempts(self, req: Request) -> tuple[int, Any]:
-        """The attempt log, newest first: ``limit`` (20), ``failed``, ``event``."""
-        limit = _query(req, "limit", "20")
+        """The attempt log, newest first: ``limit``, ``failed``, ``event``."""
+        limit = _query(req, "limit", str(ATTEMPTS_LIMIT))
         if not limit.isdigit() or not 0 < int(limit) <= MAX_ATTEMPTS_LIMIT:
             raise ApiError(422, f"limit must be a whole number from 1 to {MAX_ATTEMPTS_LIMIT}",
                            "limit")  # fmt: skip

@@ -319,7 +319,7 @@ class App:
     def enable(self, name: str) -> dict:
         ref = self.dispatcher.get(name)
         future = ref.ask(Enable(), timeout=ASK_TIMEOUT)
-        wait = self.config_for(name).timeout * 2 + ASK_TIMEOUT
+        wait = _answer_wait(self.config_for(name))
         try:
             return future.get(timeout=wait)
         except pykka.Timeout:
@@ -368,7 +368,7 @@ class App:
         payload = synthetic(new_id(self.clock), TEST_EVENT, self.clock.time())
         done: pykka.ThreadingFuture = pykka.ThreadingFuture()
         self.pool.submit(Attempt(cfg, 0, payload, 1), done.set)
-        wait = cfg.timeout * 2 + ASK_TIMEOUT
+        wait = _answer_wait(cfg)
         try:
             r = done.get(timeout=wait)
         except pykka.Timeout:
@@ -459,6 +459,11 @@ _RESTART_ONLY = (
     "state_dir", "ingest", "control_bind", "metrics_bind", "api_bind", "delivery_workers",
     "delivery_processes", "retention", "journal_sync",
 )  # fmt: skip
+
+
+def _answer_wait(webhook: WebhookConfig) -> float:
+    """How long a control call waits for one attempt of ``webhook`` to be answered."""
+    return webhook.timeout * 2 + ASK_TIMEOUT
 
 
 def _with_runtime(new: Config, old: Config) -> Config:

@@ -322,7 +322,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_attempts(args: argparse.Namespace) -> int:
-    query = {"name": args.name, "limit": args.limit, "failed": args.failed, "event": args.event}
+    query = {"name": args.name, "failed": args.failed, "event": args.event}
+    if args.limit is not None:  # otherwise the router's default (control.ATTEMPTS_LIMIT)
+        query["limit"] = args.limit
     attempts = _ask(args, "attempts", query)
     if args.json:
         print(json.dumps(attempts, indent=2, default=str))
@@ -464,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reload)
     p = sub.add_parser("attempts", parents=[ctl], help="a webhook's recent attempts, newest first")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--limit", type=_positive_int, default=20, metavar="N")
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="how many (default 20)")
     p.add_argument("--failed", action="store_true", help="only attempts that failed")
     p.add_argument("--event", metavar="ID", help="only the attempts of this event")
     p.add_argument("--json", action="store_true", help="print JSON, response bodies included")

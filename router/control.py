@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MAX_REQUESTS = 8
 MAX_ATTEMPTS_LIMIT = 10_000
+ATTEMPTS_LIMIT = 20  # attempts shown when no limit is asked for (CLI, API)
 _STOP = object()
 
 
@@ -64,7 +65,7 @@ def _event(args: dict) -> str | None:
 
 
 def _limit(args: dict) -> int:
-    limit = args.get("limit", 20)
+    limit = args.get("limit", ATTEMPTS_LIMIT)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_ATTEMPTS_LIMIT:
         raise RouterError(f"'limit' must be a whole number from 1 to {MAX_ATTEMPTS_LIMIT}")
     return limit

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from router import __version__
+from router.control import ATTEMPTS_LIMIT, MAX_ATTEMPTS_LIMIT
 
 _ERROR = {"$ref": "#/components/schemas/Errors"}
 _ANY_OBJECT = {"type": "object", "additionalProperties": True}
@@ -24,7 +25,8 @@ _COMMON = {
     "405": "The method is not allowed on this path",
 }
 
-# Per (method, last fixed path segment): parameters, body, and the answers it gives.
+# Per (method, last fixed path segment): query parameters, the body (schema, required),
+# and the answers it gives.
 _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "webhooks"): {"ok": ("200", "The webhooks the token may see", "WebhookList")},
     ("GET", "{name}"): {"ok": ("200", "The webhook, its settings and status", "Webhook")},
@@ -34,7 +36,7 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("POST", "disable"): {"ok": ("200", "The webhook is disabled", "StateChange")},
     ("POST", "replay"): {
-        "body": "Replay",
+        "body": ("Replay", False),
         "ok": ("202", "How many deliveries were queued again", "Replayed"),
         "more": {"400": "The body is not JSON", "422": "A value in the body is wrong"},
     },
@@ -44,7 +46,15 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("GET", "attempts"): {
         "query": [
-            ("limit", {"type": "integer", "minimum": 1, "maximum": 10000, "default": 20}),
+            (
+                "limit",
+                {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": MAX_ATTEMPTS_LIMIT,
+                    "default": ATTEMPTS_LIMIT,
+                },
+            ),
             ("failed", {"type": "boolean", "default": False}),
             ("event", {"type": "string"}),
         ],
@@ -53,7 +63,7 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("GET", "openapi.json"): {"ok": ("200", "This document", "OpenAPI")},
     ("POST", "explain"): {
-        "body": "Event",
+        "body": ("Event", True),
         "ok": ("200", "Which webhooks the event reaches, and why not the others", "Explained"),
         "more": {"400": "The body is not JSON", "422": "Ingest would refuse this event"},
     },
@@ -201,8 +211,9 @@ def _operation(method: str, pattern: tuple[str, ...], handler: Callable, later: 
     for more, why in spec.get("more", {}).items():
         op["responses"][more] = _answer(why)
     if "body" in spec:
-        ref = {"$ref": f"#/components/schemas/{spec['body']}"}
-        op["requestBody"] = {"required": spec["body"] == "Event",
+        schema, required = spec["body"]
+        ref = {"$ref": f"#/components/schemas/{schema}"}
+        op["requestBody"] = {"required": required,
                              "content": {"application/json": {"schema": ref}}}  # fmt: skip
     if "query" in spec:
         op["parameters"] = [{"name": n, "in": "query", "required": False, "schema": s}

@@ -288,7 +288,8 @@ class _Child:
         with self._lock:
             self._dead = True
             lost, self._pending = list(self._pending.values()), {}
-        self.sock.shutdown(socket.SHUT_RDWR)  # a submit writing to it fails at once
+        with contextlib.suppress(OSError):  # a submit writing to it fails at once
+            self.sock.shutdown(socket.SHUT_RDWR)
         if self.senders._stopping:
             return
         log.error("sender process %d stopped (exit code %s) with %d attempts in flight; "
@@ -342,15 +343,7 @@ def _records(sock: socket.socket) -> Iterator[list[list]]:
 
 def _sendable(webhook: Any) -> list:
     """What a child needs of a webhook config to send to it: no rules, nothing else."""
-    out = []
-    for name in _SENDABLE:
-        value = getattr(webhook, name)
-        if name == "headers":
-            value = [list(pair) for pair in value]
-        elif name == "secrets":
-            value = list(value)
-        out.append(value)
-    return out
+    return [getattr(webhook, name) for name in _SENDABLE]  # msgpack packs tuples as arrays
 
 
 def _config(fields: list) -> Any:

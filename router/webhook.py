@@ -270,7 +270,7 @@ class WebhookCore:
         else:
             self._release(d)
             self.pending_total -= 1
-            metrics.DELIVERIES.labels(name, "exhausted").inc()
+            self._count(metrics.DELIVERIES, "exhausted")
             effects.append(Record(Outcome(name, r.seq, r, EXHAUSTED)))
             if decision.reason == "undeliverable":
                 self.state = replace(self._failed(r), failed=self.state.failed + 1)
