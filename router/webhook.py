@@ -29,6 +29,7 @@ from router.budget import UNLIMITED, Budget, body_cost, delivery_cost
 from router.clock import iso
 from router.config import WebhookConfig
 from router.envelope import synthetic
+from router.history import LastHour
 from router.messages import (
     DONE,
     EXHAUSTED,
@@ -114,10 +115,11 @@ class WebhookCore:
     # Slots: at 30 attributes CPython gives each instance a dict of its own (1.6 KB
     # instead of 0.3 KB), and a daemon holds a core for each of its 10,000 webhooks.
     __slots__ = ("budget", "config", "counters", "draining", "fetching", "generation",
-                 "held_bytes", "high", "idle_since", "in_flight", "latencies", "loading",
-                 "max_spilled", "new_id", "next_cost", "pending_total", "probe", "probe_at",
-                 "probe_waiters", "queue_limit", "rand", "ready", "replay_waiter", "reserved",
-                 "spilled", "state", "tokens", "tokens_at", "waiting", "wake_at")  # fmt: skip
+                 "held_bytes", "high", "idle_since", "in_flight", "last_hour", "latencies",
+                 "loading", "max_spilled", "new_id", "next_cost", "pending_total", "probe",
+                 "probe_at", "probe_waiters", "queue_limit", "rand", "ready", "replay_waiter",
+                 "reserved", "spilled", "state", "tokens", "tokens_at", "waiting",
+                 "wake_at")  # fmt: skip
 
     def __init__(
         self,
@@ -158,6 +160,7 @@ class WebhookCore:
         self.wake_at: float | None = None
         self.idle_since: float | None = None  # kept by the supervisor, for retiring
         self.latencies: deque[float] | None = None  # made on the first attempt: ~1.5 KB
+        self.last_hour: LastHour | None = None  # the console's chart; made on the first attempt
         self.counters: dict[tuple[Any, str], Any] = {}  # its labelled metrics, once used
         for d in restored.pending:
             if not self._admit(d, now):
@@ -248,6 +251,9 @@ class WebhookCore:
         if self.latencies is None:
             self.latencies = deque(maxlen=LATENCIES_KEPT)
         self.latencies.append(r.latency * 1000)
+        if self.last_hour is None:
+            self.last_hour = LastHour()
+        self.last_hour.count(now, delivered=r.ok)  # an attempt that succeeded made a delivery
         self._count(metrics.ATTEMPTS, "ok" if r.ok else "failed")
         metrics.ATTEMPT_LATENCY.observe(r.latency)
         effects: list = []
@@ -668,6 +674,7 @@ class WebhookCore:
             "retrying": len(self.waiting),
             "in_memory": self.held(),  # deliveries held in memory; the journal has the rest
             "memory_bytes": self.held_bytes,
+            "per_minute": self.last_hour.minutes() if self.last_hour else [],  # the last hour
             "delivered": s.delivered,
             "failed": s.failed,
             "consecutive_failures": s.consecutive_failures,
