@@ -44,3 +44,61 @@ clean:
 .PHONY: soak
 soak: $(VENV)/.installed
 	nice $(PY) bench/soak.py
+
+# Production install, as root, on a stock Debian 12 / Ubuntu 24.04 (README, Install for
+# production): a venv under PREFIX holding the package (the system Python refuses pip, PEP 668),
+# the config directory (the example config only where none is: an operator's is never
+# overwritten), the systemd unit naming PREFIX. DESTDIR stages it all for a package: the venv is
+# built at $(DESTDIR)$(PREFIX) and, a venv not being relocatable, its commands get a launcher
+# that runs the interpreter beside them, so they work there and at PREFIX alike.
+PREFIX         ?= /opt/webhook-router
+SYSTEMD_DIR    ?= /etc/systemd/system
+INSTALL_PYTHON ?= /usr/bin/python3
+CONF_DIR        = /etc/webhook-router
+STATE_DIR       = /var/lib/webhook-router
+UNIT            = webhook-router.service
+STAGED          = $(DESTDIR)$(PREFIX)
+
+# Replaces a command's "#!/path/to/venv/bin/python": sh runs the python beside the (resolved)
+# script, which Python then reads as a docstring.
+define LAUNCHER
+#!/bin/sh
+'''exec' "$$(dirname -- "$$(readlink -f -- "$$0")")/python" "$$0" "$$@"
+' '''
+endef
+export LAUNCHER
+
+.PHONY: install uninstall
+install:
+	@$(INSTALL_PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+	    echo "make install: $(INSTALL_PYTHON) cannot make a venv: apt-get install python3-venv" >&2; exit 1; }
+	umask 022 && $(INSTALL_PYTHON) -m venv --clear $(STAGED)
+	umask 022 && $(STAGED)/bin/python -m pip install --quiet --disable-pip-version-check .
+	cd $(STAGED)/bin && for f in $$(grep -l '^#!$(STAGED)/bin/python' *); do \
+	    { echo "$$LAUNCHER"; tail -n +2 "$$f"; } > "$$f.new" && chmod 0755 "$$f.new" && mv "$$f.new" "$$f"; done
+	sed -i 's|$(STAGED)|$(PREFIX)|g' $(STAGED)/pyvenv.cfg $(STAGED)/bin/activate*
+	install -d -m 0755 $(DESTDIR)$(CONF_DIR) $(DESTDIR)$(SYSTEMD_DIR)
+	test -e $(DESTDIR)$(CONF_DIR)/router.yaml || { \
+	    sed 's|^state_dir: .*|state_dir: $(STATE_DIR)    # journal and control socket (StateDirectory=)|' \
+	        conf/router.yaml > $(DESTDIR)$(CONF_DIR)/router.yaml.new && \
+	    grep -q '^state_dir: $(STATE_DIR) ' $(DESTDIR)$(CONF_DIR)/router.yaml.new && \
+	    chmod 0644 $(DESTDIR)$(CONF_DIR)/router.yaml.new && \
+	    mv $(DESTDIR)$(CONF_DIR)/router.yaml.new $(DESTDIR)$(CONF_DIR)/router.yaml; }
+	test -e $(DESTDIR)$(CONF_DIR)/tokens.yaml || { \
+	    { sed '/^# DEMO token/,$$d' conf/tokens.yaml && \
+	      echo '# None yet: add the entry that `webhook-router token NAME --scope admin` prints.'; \
+	    } > $(DESTDIR)$(CONF_DIR)/tokens.yaml.new && \
+	    chmod 0644 $(DESTDIR)$(CONF_DIR)/tokens.yaml.new && \
+	    mv $(DESTDIR)$(CONF_DIR)/tokens.yaml.new $(DESTDIR)$(CONF_DIR)/tokens.yaml; }
+	sed 's|/opt/webhook-router/bin/webhook-router|$(PREFIX)/bin/webhook-router|g' systemd/$(UNIT) \
+	    > $(DESTDIR)$(SYSTEMD_DIR)/$(UNIT).new
+	chmod 0644 $(DESTDIR)$(SYSTEMD_DIR)/$(UNIT).new
+	mv $(DESTDIR)$(SYSTEMD_DIR)/$(UNIT).new $(DESTDIR)$(SYSTEMD_DIR)/$(UNIT)
+	@echo "Installed. Edit $(CONF_DIR)/router.yaml, then: systemctl daemon-reload && systemctl enable --now $(UNIT)"
+
+# Removes the venv and the unit; keeps the config ($(CONF_DIR)) and the state ($(STATE_DIR)).
+uninstall:
+	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl disable --now $(UNIT) || true; fi
+	rm -rf $(STAGED) $(DESTDIR)$(SYSTEMD_DIR)/$(UNIT)
+	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "Removed $(PREFIX) and the unit; kept $(CONF_DIR) and $(STATE_DIR)."

@@ -42,7 +42,7 @@ def _verify(tmp_path: Path, text: str) -> None:
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze is missing: install Debian's systemd package"
     # verify insists the executables exist: point them at this interpreter.
-    text = text.replace("/usr/local/bin/webhook-router", sys.executable)
+    text = text.replace("/opt/webhook-router/bin/webhook-router", sys.executable)
     unit = tmp_path / "webhook-router.service"
     unit.write_text(text)
     proc = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
