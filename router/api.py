@@ -29,8 +29,18 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgpack
 
-from router import RouterError, __version__, envelope, openapi, predicates, resources
+from router import (
+    RouterError,
+    __version__,
+    config,
+    envelope,
+    openapi,
+    predicates,
+    registry,
+    resources,
+)
 from router.control import ATTEMPTS_LIMIT, MAX_ATTEMPTS_LIMIT
+from router.signing import new_secret
 from router.tokens import Token
 
 log = logging.getLogger(__name__)
@@ -47,12 +57,17 @@ _BUSY = (
 
 
 class ApiError(Exception):
-    """An answer other than 2xx: ``status`` and the error body's one entry."""
+    """An answer other than 2xx: ``status`` and the error body's entries, ``(path, message)``."""
 
-    def __init__(self, status: int, message: str, path: str = "", headers: dict | None = None):
+    def __init__(self, status: int, message: str, path: str = "", headers: dict | None = None,
+                 more: list[tuple[str, str]] = ()):  # fmt: skip
         super().__init__(message)
         self.status, self.message, self.path = status, message, path
         self.headers = headers or {}
+        self.errors = [(path, message), *more]
+
+    def body(self) -> dict:
+        return {"errors": [{"path": path, "message": message} for path, message in self.errors]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +123,61 @@ class Api:
         if not shown:
             raise ApiError(404, f"no webhook named '{req.params['name']}'", "name")
         return 200, shown[0]
+
+    def create(self, req: Request) -> tuple[int, Any]:
+        """Create a webhook: 201 with it; without a ``secret``, one is made and shown here only."""
+        doc = _object(req.body)
+        return self._put(req, doc, doc.get("secret"), create=True)
+
+    def replace(self, req: Request) -> tuple[int, Any]:
+        """Replace an API-made webhook; a ``secret`` left out keeps the one it has."""
+        name = req.params["name"]
+        doc = _object(req.body)
+        if doc.setdefault("name", name) != name:
+            raise ApiError(422, "the name is the one in the path; to rename a webhook, create "
+                           "the new one, then delete the old", "name")  # fmt: skip
+        try:
+            registry.writable(self.app.config_for(name), name)
+        except registry.Conflict as e:
+            raise ApiError(409, str(e), "name") from None
+        kept = self.app.registry.documents().get(name, {}).get("secret")
+        return self._put(req, doc, doc.get("secret", kept), create=False)
+
+    def delete(self, req: Request) -> tuple[int, Any]:
+        """Remove an API-made webhook; its pending deliveries are cancelled, as on reload."""
+        try:
+            self.app.delete_webhook(req.params["name"], req.token.name)
+        except registry.Conflict as e:
+            raise ApiError(409, str(e), "name") from None
+        return 204, None
+
+    def _put(self, req: Request, doc: dict, secret: Any, create: bool) -> tuple[int, Any]:
+        """Check ``doc`` as the token may send it, store it, run it, answer with it."""
+        made = None
+        if secret is None:
+            made = secret = new_secret()
+        doc["secret"] = secret
+        try:
+            hook = config.api_webhook(doc, self.app.config.defaults)
+        except config.Invalid as e:
+            raise _invalid(e) from None
+        if hook.signature == "none" and made:
+            del doc["secret"]  # nothing to sign with: no secret to keep or show
+            made = None
+        _may_make(req.token, hook, doc)
+        try:
+            hook = self.app.put_webhook(doc, create, req.token.name)
+        except config.Invalid as e:  # the defaults changed meanwhile
+            raise _invalid(e) from None
+        except registry.Conflict as e:
+            raise ApiError(409, str(e), "name") from None
+        except registry.Full as e:
+            raise ApiError(507, str(e)) from None
+        shown = self._shown(req.token, [hook])
+        answer = shown[0] if shown else resources.webhook(hook, None)
+        if made:
+            answer["secret"] = made  # this once; never again
+        return (201 if create else 200), answer
 
     def explain(self, req: Request) -> tuple[int, Any]:
         """Which of the webhooks this token sees the event reaches, and why not the others.
@@ -204,8 +274,8 @@ class Api:
         later = self.not_yet
         webhook = ("webhooks", "{name}")
         return [
-            (("webhooks",), {"GET": self.list_webhooks, "POST": later}),
-            (webhook, {"GET": self.get_webhook, "PUT": later, "DELETE": later}),
+            (("webhooks",), {"GET": self.list_webhooks, "POST": self.create}),
+            (webhook, {"GET": self.get_webhook, "PUT": self.replace, "DELETE": self.delete}),
             ((*webhook, "enable"), {"POST": self.enable}),
             ((*webhook, "disable"), {"POST": self.disable}),
             ((*webhook, "replay"), {"POST": self.replay}),
@@ -223,6 +293,26 @@ class Api:
 
 
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _invalid(e: config.Invalid) -> ApiError:
+    """Every schema error of a webhook, as one 422."""
+    (path, message), *more = e.problems
+    return ApiError(422, message, path, more=more)
+
+
+def _may_make(token: Token, hook: Any, doc: dict) -> None:
+    """A company-scoped token makes only webhooks of its companies, on public addresses."""
+    if token.companies is None:
+        return
+    if not token.sees(hook.rules):
+        mine = ", ".join(sorted(token.companies))
+        raise ApiError(422, f"token '{token.name}' may only make webhooks of its companies "
+                       f"({mine}): every rule needs a companies list within them, or the "
+                       "webhook could receive another company's events", "companies")  # fmt: skip
+    if doc.get("allow_private_networks") is True:
+        raise ApiError(422, f"token '{token.name}' is limited to companies and may not let "
+                       "a webhook reach private networks", "allow_private_networks")  # fmt: skip
 
 
 def _object(body: bytes) -> dict:
@@ -456,7 +546,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         except ApiError as e:
             status, headers = e.status, e.headers
-            answer = {"errors": [{"path": e.path, "message": e.message}]}
+            answer = e.body()
         except Exception:
             log.exception("api: %s %s failed", method, path)
             status, headers = 500, {}

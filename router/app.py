@@ -28,13 +28,13 @@ from typing import Any
 
 import pykka
 
-from router import ConfigError, RouterError, __version__, config, metrics
+from router import ConfigError, RouterError, __version__, config, metrics, registry
 from router.api import ApiServer
 from router.budget import Budget
 from router.clock import Clock
-from router.config import Config, WebhookConfig
+from router.config import API_SOURCE, Config, WebhookConfig
 from router.control import ControlServer
-from router.dispatch import Dispatcher
+from router.dispatch import Diff, Dispatcher
 from router.envelope import new_id, synthetic
 from router.filter import Filter, FilterActor, FilterAddress, Swap
 from router.handle import Starter, WebhookHandle
@@ -81,7 +81,7 @@ class App:
         self.channel = AckChannel()
         # The journal answers the dispatcher, which is built once the wiring exists.
         self.journal = Journal(
-            os.path.join(cfg.state_dir, "journal.db"),
+            os.path.join(cfg.state_dir, config.JOURNAL_FILE),
             self.clock,
             cfg.retention,
             on_commit=lambda committed: self.dispatcher.committed(committed),
@@ -108,6 +108,7 @@ class App:
             self.budget,
         )
         self.dispatcher = Dispatcher(self.wiring, self.channel)
+        self.registry = registry.Registry(self.journal.path)  # the API-made webhooks
         self.filter: pykka.ActorRef | None = None
         self.to_filter = FilterAddress()  # the receiver's sink
         self.receiver: pykka.ActorRef | None = None
@@ -124,6 +125,11 @@ class App:
         threading.stack_size(THREAD_STACK)
         self.pool.start()  # sender processes start while the rest does
         self.journal.open()
+        self.registry.open()
+        cfg, conflicts = registry.merged(cfg, self.registry.documents())
+        if conflicts:
+            raise RouterError("; ".join(conflicts))
+        self.config = cfg
         # No queue heads now: each webhook loads its own through the memory budget.
         restored = self.journal.load([w.name for w in cfg.webhooks], 0)
         self.journal.start()
@@ -198,6 +204,7 @@ class App:
             self.metrics.stop()
         if self.api:
             self.api.stop()
+        self.registry.close()
         self.journal.stop()
         self.channel.close()
         alive = pykka.ActorRegistry.get_all()
@@ -227,6 +234,9 @@ class App:
         sd_notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             new = config.load(self.config.path)
+            new, conflicts = registry.merged(new, self.registry.documents(), self.config.webhooks)
+            if conflicts:
+                raise ConfigError(conflicts)
         except ConfigError as e:
             metrics.CONFIG_RELOAD_FAILURES.inc()
             for line in e.errors:
@@ -238,10 +248,7 @@ class App:
         for key in _RESTART_ONLY:
             if getattr(old, key) != getattr(new, key):
                 log.warning("reload: %s changed; that takes effect after a restart", key)
-        diff = self.dispatcher.apply(
-            old.webhooks, new.webhooks, lambda: self.filter.tell(Swap(Filter.from_config(new)))
-        )
-        self.config = _with_runtime(new, old)
+        diff = self._apply(new)
         self.journal.attempt_log_max = new.attempt_log_max  # the writer trims to it from now on
         metrics.CONFIG_RELOADS.inc()
         log.info(
@@ -257,6 +264,48 @@ class App:
             "removed": list(diff.removed),
             "changed": list(diff.changed),
         }
+
+    def _apply(self, new: Config) -> Diff:
+        """Run ``new``'s webhooks instead of the running ones: the diff a reload applies."""
+        old = self.config
+        diff = self.dispatcher.apply(
+            old.webhooks, new.webhooks, lambda: self.filter.tell(Swap(Filter.from_config(new)))
+        )
+        self.config = _with_runtime(new, old)
+        return diff
+
+    # ------------------------------------------------------------------ API-made webhooks
+
+    def put_webhook(self, doc: dict, create: bool, by: str) -> WebhookConfig:
+        """Create (``create``) or replace the API-made webhook ``doc`` describes; it runs when
+        this returns. Kept in the store first, so a crash meanwhile loses nothing said yes to.
+
+        Raises ``config.Invalid`` for a bad document and ``registry.Conflict`` for a name
+        taken (create) or a file's webhook (replace).
+        """
+        with self._reload_lock:
+            name = doc.get("name")
+            hook = config.api_webhook(doc, self.config.defaults)
+            current = next((w for w in self.config.webhooks if w.name == name), None)
+            if create and current is not None:
+                where = "made through the API" if current.source == API_SOURCE else (
+                    f"defined in {current.source}")  # fmt: skip
+                raise registry.Conflict(f"a webhook named '{name}' exists already ({where})")
+            if not create:
+                registry.writable(current, name)
+            self.registry.put(hook.name, doc, self.clock.time())
+            self._apply(replace(self.config, webhooks=(*_without(self.config, name), hook)))
+        log.info("webhook %s %s through the API (token %s)", name,
+                 "created" if create else "replaced", by)  # fmt: skip
+        return hook
+
+    def delete_webhook(self, name: str, by: str) -> None:
+        """Remove an API-made webhook: its pending deliveries are cancelled, as on reload."""
+        with self._reload_lock:
+            registry.writable(next((w for w in self.config.webhooks if w.name == name), None), name)
+            self.registry.delete(name)
+            self._apply(replace(self.config, webhooks=_without(self.config, name)))
+        log.info("webhook %s deleted through the API (token %s)", name, by)
 
     # ------------------------------------------------------------------ control
 
@@ -459,6 +508,10 @@ _RESTART_ONLY = (
     "state_dir", "ingest", "control_bind", "metrics_bind", "api_bind", "delivery_workers",
     "delivery_processes", "retention", "journal_sync",
 )  # fmt: skip
+
+
+def _without(cfg: Config, name: str) -> tuple[WebhookConfig, ...]:
+    return tuple(w for w in cfg.webhooks if w.name != name)
 
 
 def _answer_wait(webhook: WebhookConfig) -> float:

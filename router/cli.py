@@ -19,7 +19,13 @@ from typing import Any
 import yaml
 
 from router import ConfigError, ControlError, RouterError, __version__, listen, tokens
-from router.config import CONTROL_SOCKET, DEFAULT_STATE_DIR, IngestConfig, parse_duration
+from router.config import (
+    CONTROL_SOCKET,
+    DEFAULT_STATE_DIR,
+    JOURNAL_FILE,
+    IngestConfig,
+    parse_duration,
+)
 
 DEFAULT_CONFIG = "/etc/webhook-router/router.yaml"
 CONFIG_ENV = "WEBHOOK_ROUTER_CONFIG"
@@ -81,16 +87,23 @@ def _connectable(address: str, base: str) -> str:
     return address
 
 
+def state_dir(config_path: str, doc: dict | None = None) -> str:
+    """The state_dir of the router at ``config_path``, absolute, as ``config.load`` makes it."""
+    doc = _read_yaml(config_path) if doc is None else doc
+    path = doc.get("state_dir") or DEFAULT_STATE_DIR
+    if not isinstance(path, str):
+        raise RouterError(f"{config_path}: state_dir must be a path")
+    base = os.path.dirname(os.path.abspath(config_path))
+    return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+
+
 def control_address(config_path: str) -> str:
     """Where the router at ``config_path`` serves control requests (``control.bind`` or default)."""
     doc = _read_yaml(config_path)
     base = os.path.dirname(os.path.abspath(config_path))
     bind = _section(doc, "control", config_path).get("bind")
     if bind is None:
-        state_dir = doc.get("state_dir") or DEFAULT_STATE_DIR
-        if not isinstance(state_dir, str):
-            raise RouterError(f"{config_path}: state_dir must be a path")
-        bind = "ipc://" + os.path.join(state_dir, CONTROL_SOCKET)
+        bind = "ipc://" + os.path.join(state_dir(config_path, doc), CONTROL_SOCKET)
     if not isinstance(bind, str):
         raise RouterError(f"{config_path}: control.bind must be an address")
     return _connectable(bind, base)
@@ -213,6 +226,21 @@ def cmd_token(args: argparse.Namespace) -> int:
     print("# The token above is shown once: hand it to the client. The router keeps only its")
     print("# SHA-256. Add this entry to the tokens file (api.tokens_file), then reload:")
     print(tokens.entry(args.name, token, args.scope, args.company), end="")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from router import registry
+
+    path = os.path.join(state_dir(args.config), JOURNAL_FILE)
+    if not os.path.exists(path):
+        raise Fail(1, f"no journal at {path}: this router has made no webhooks yet")
+    made = registry.read_documents(path)
+    unknown = sorted(set(args.names) - set(made))
+    if unknown:
+        raise Fail(1, f"no webhook made through the API is named {', '.join(unknown)}")
+    chosen = {name: doc for name, doc in made.items() if not args.names or name in args.names}
+    print(registry.exported(chosen), end="")
     return 0
 
 
@@ -437,6 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--company", action="append", default=[], metavar="C", type=_nonempty,
                    help="limit the token to this company's webhooks (repeatable)")  # fmt: skip
     p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("export", parents=[common],
+                       help="print the webhooks made through the API as YAML")  # fmt: skip
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these (default: all)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("status", parents=[ctl], help="show every webhook's health")
     p.add_argument("--json", action="store_true", help="print one JSON object")

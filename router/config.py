@@ -9,18 +9,19 @@ import glob
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-from router import ConfigError, tokens
+from router import ConfigError, RouterError, tokens
 from router.addresses import blocked_kind
 from router.compose import Each, compose
 from router.rules import Rule
 from router.schema import (
     BAD,
+    ONE_WEBHOOK,
     RULE,
     SECRET_KEYS,
     TOP,
@@ -40,6 +41,7 @@ from router.validators import parse_size as parse_size
 MiB = 1024 * 1024
 DEFAULT_STATE_DIR = "./var"
 CONTROL_SOCKET = "control.sock"  # in state_dir, unless control.bind says otherwise
+JOURNAL_FILE = "journal.db"  # in state_dir: the journal, and the API-made webhooks
 DEFAULT_TOKENS_FILE = "./tokens.yaml"  # beside the config file, unless api.tokens_file says
 
 
@@ -109,7 +111,9 @@ class Config:
     delivery_processes: int = 2  # 0: the senders run in the daemon's own process
     attempt_log_max: int = 256 * MiB  # bytes the attempt log may take in the journal
     journal_sync: str = "full"  # full: an ack survives power loss; normal: a crash only
-    webhooks: tuple[WebhookConfig, ...] = ()
+    webhooks: tuple[WebhookConfig, ...] = ()  # the files' webhooks, then the API's (by name)
+    # The checked `defaults:` section: API-made webhooks are built with it too.
+    defaults: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 # --------------------------------------------------------------------------- building the values
@@ -313,9 +317,48 @@ def load(path: str, env: Mapping[str, str] | None = None) -> Config:
         ingest=ingest,
         control_bind=top.get("control", {}).get("bind", f"ipc://{state_dir}/{CONTROL_SOCKET}"),
         webhooks=tuple(built),
+        defaults=defaults,
         **api,
         **extra,
     )
+
+
+API_SOURCE = "api"  # the ``source`` of a webhook made through the API; a file's: "FILE:LINE"
+# Secrets an API-made webhook may not name: they would read the router's machine for a caller.
+_OPERATORS_SECRETS = tuple(k for k in SECRET_KEYS if k != "secret")
+
+
+class Invalid(RouterError):
+    """A webhook sent to the API is invalid: ``problems`` holds every (key path, message)."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{path}: {message}" for path, message in problems))
+
+
+def api_webhook(doc: Mapping[str, Any], defaults: Mapping[str, Any]) -> WebhookConfig:
+    """One webhook as the API received it, checked and built as a file's webhook is.
+
+    The same schema and the same messages, with the body's key paths (``retry.attempts``,
+    ``match[0].events``). Its secret is its own: a shared secret in ``defaults`` is not
+    given to it, and of the secret keys only ``secret`` is taken. Raises ``Invalid``.
+    """
+    problems: list[tuple[str, str]] = []
+    f = File("api", os.getcwd(), {}, [], 0, problems)
+    for key in _OPERATORS_SECRETS:
+        if key in doc:
+            problems.append((key, "a webhook made through the API takes its signing key as "
+                             "`secret` (or none, to get one generated)"))  # fmt: skip
+    doc = {k: v for k, v in doc.items() if k not in _OPERATORS_SECRETS}
+    node = yaml.compose(yaml.safe_dump(doc, sort_keys=False), Loader=yaml.SafeLoader)
+    checked = f.check(ONE_WEBHOOK, node, "")
+    hook = None
+    if checked is not BAD:
+        own = {k: v for k, v in defaults.items() if k not in SECRET_KEYS}
+        hook = _webhook(f, "", checked, own, {})
+    if problems or hook is None:
+        raise Invalid(problems or [("", "expected a webhook")])
+    return replace(hook, source=API_SOURCE)
 
 
 def check(path: str, env: Mapping[str, str] | None = None) -> list[str]:

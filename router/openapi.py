@@ -25,11 +25,32 @@ _COMMON = {
     "405": "The method is not allowed on this path",
 }
 
+_WRITE = {  # what creating or replacing a webhook may answer besides its 2xx
+    "400": "The body is not JSON",
+    "409": "The name is taken, or the webhook is defined in a file (read-only here)",
+    "422": "The webhook is invalid (every error), or outside the token's companies",
+    "507": "The router cannot store another webhook",
+}
+
 # Per (method, last fixed path segment): query parameters, the body (schema, required),
 # and the answers it gives.
 _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "webhooks"): {"ok": ("200", "The webhooks the token may see", "WebhookList")},
     ("GET", "{name}"): {"ok": ("200", "The webhook, its settings and status", "Webhook")},
+    ("POST", "webhooks"): {
+        "body": ("WebhookSettings", True),
+        "ok": ("201", "The webhook made, with its generated `secret` this once", "Webhook"),
+        "more": _WRITE,
+    },
+    ("PUT", "{name}"): {
+        "body": ("WebhookSettings", True),
+        "ok": ("200", "The webhook as it is now", "Webhook"),
+        "more": _WRITE,
+    },
+    ("DELETE", "{name}"): {
+        "ok": ("204", "The webhook is gone", None),
+        "more": {"409": "The webhook is defined in a file: read-only here"},
+    },
     ("POST", "enable"): {
         "ok": ("200", "The health check passed: the webhook is enabled", "StateChange"),
         "more": {"502": "The health check failed: the webhook stays disabled"},
@@ -92,6 +113,21 @@ _SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "source": {"type": "string", "description": '"api", or "FILE:LINE"'},
             "state": {"type": "string", "enum": ["active", "failing", "disabled"]},
+        },
+        "additionalProperties": True,
+    },
+    "WebhookSettings": {
+        "description": "A webhook as in YAML (SPEC §4, §5); `secret` optional (one is generated)",
+        "type": "object",
+        "required": ["url"],
+        "properties": {
+            "name": {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"},
+            "url": {"type": "string", "format": "uri"},
+            "secret": {"type": "string", "description": "whsec_<base64>, or plain text"},
+            "events": {"type": "array", "items": {"type": "string"}},
+            "projects": {"type": "array", "items": {"type": "string"}},
+            "companies": {"type": "array", "items": {"type": "string"}},
+            "match": {"type": "array", "items": _ANY_OBJECT},
         },
         "additionalProperties": True,
     },
@@ -206,8 +242,10 @@ def _operation(method: str, pattern: tuple[str, ...], handler: Callable, later: 
         return op
     spec = _OPERATIONS[method, key]
     code, text, schema = spec["ok"]
-    op["responses"][code] = {"description": text, "content": {
-        "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}  # fmt: skip
+    op["responses"][code] = {"description": text}
+    if schema is not None:
+        ref = {"$ref": f"#/components/schemas/{schema}"}
+        op["responses"][code]["content"] = {"application/json": {"schema": ref}}
     for more, why in spec.get("more", {}).items():
         op["responses"][more] = _answer(why)
     if "body" in spec:

@@ -20,7 +20,6 @@ from router.rules import AllOf, Cond, Not, Pred, Rule
 from router.webhook import _public_url
 
 HIDDEN = "(hidden)"
-API_SOURCE = "api"  # the ``source`` of a webhook made through the API; YAML ones: "FILE:LINE"
 _UNITS = {1.0: "s", 60.0: "m", 3600.0: "h"}
 _NOT_STATUS = ("name", "url")  # snapshot keys the settings already say (and say in full)
 
@@ -80,7 +79,7 @@ def _rate(count: float, per: float) -> str:
 def webhook(w: WebhookConfig, status: dict | None, full: bool = True) -> dict[str, Any]:
     """Settings, ``source`` and the status fields of ``status --json`` (``status``: a snapshot)."""
     shown = settings(w, full)
-    shown["source"] = w.source or API_SOURCE
+    shown["source"] = w.source  # "FILE:LINE", or "api" (config.API_SOURCE)
     for key, value in (status or {"state": "unknown", "health": "UNKNOWN"}).items():
         if key not in _NOT_STATUS:
             shown[key] = value

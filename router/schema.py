@@ -72,8 +72,11 @@ class File:
     env: Mapping[str, str]
     errors: list[tuple[int, int, str]]  # (file order, line, message), sorted at the end
     order: int
+    problems: list[tuple[str, str]] | None = None  # also (path, message), for the API's answers
 
     def error(self, at: yaml.Node | int, path: str, message: str) -> None:
+        if self.problems is not None:
+            self.problems.append((path, message))
         line = _line(at)
         text = f"{self.name}:{line}: {path or 'config'}: {message}"
         if not text.isprintable():  # a key or value holding a newline: keep one line per error
@@ -461,7 +464,7 @@ API = {
 }
 
 
-_WEBHOOK = section(WEBHOOK)
+ONE_WEBHOOK = section(WEBHOOK)  # one webhook: a file's, or the API's
 WEBHOOKS = "webhooks"  # the key of the list, and how its items' messages start
 
 
@@ -485,7 +488,7 @@ def reader(f: File) -> Callable[[yaml.Node], Read]:
     count = itertools.count()
 
     def read(node: yaml.Node) -> Read:
-        result = side.check(_WEBHOOK, node, f"{WEBHOOKS}[{next(count)}]")
+        result = side.check(ONE_WEBHOOK, node, f"{WEBHOOKS}[{next(count)}]")
         errors = ()
         if side.errors:
             errors = tuple(side.errors)
@@ -508,7 +511,7 @@ def webhook_list(node: yaml.Node, f: File, path: str) -> list[tuple[File, str, M
             f.errors.extend(n.errors)
             m = n.result
         else:
-            m = f.check(_WEBHOOK, n, p)
+            m = f.check(ONE_WEBHOOK, n, p)
         if m is not BAD:
             out.append((f, p, m))
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+from secrets import token_bytes
 from typing import TYPE_CHECKING
 
 from router import __version__
@@ -23,6 +24,11 @@ RESERVED_HEADERS = frozenset(
     ("content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature",
      "webhook-attempt")
 )  # fmt: skip
+
+
+def new_secret() -> str:
+    """A new signing secret in the Standard Webhooks form: ``whsec_`` and 32 random bytes."""
+    return "whsec_" + base64.b64encode(token_bytes(32)).decode()
 
 
 def sign(

@@ -8,7 +8,7 @@ import textwrap
 from dataclasses import replace
 from pathlib import Path
 
-from router.config import load
+from router.config import API_SOURCE, load
 from router.resources import HIDDEN, settings, webhook
 from router.rules import AllOf, AnyOf, Cond, Not
 
@@ -120,5 +120,5 @@ def test_a_webhook_adds_its_source_and_the_status_fields_but_keeps_its_own_url(t
     assert shown["source"] == f"{tmp_path}/router.yaml:5"
     assert (shown["state"], shown["health"], shown["queued"]) == ("disabled", "UNHEALTHY", 3)
     assert shown["url"] == busy.url and shown["name"] == "busy"
-    assert webhook(replace(busy, source=""), None)["source"] == "api"
+    assert webhook(replace(busy, source=API_SOURCE), None)["source"] == "api"
     assert webhook(busy, None)["state"] == "unknown"
