@@ -23,6 +23,8 @@ import pykka
 
 from router import RouterError
 from router.actor import Actor
+from router.catalog import Catalog
+from router.clock import Clock
 from router.messages import Accepted, Append, Event
 from router.predicates import Explanation, Test, compile_pred, explain_webhooks
 from router.rules import Rule
@@ -257,13 +259,19 @@ class FilterActor(Actor):
     """Thin shell around ``Filter``: one ``Append`` out per ``Route`` in.
 
     An event whose matching raises is still journaled, with no targets, and logged:
-    losing the batch would lose events the producer may already count as sent.
+    losing the batch would lose events the producer may already count as sent. The
+    ``catalog`` (router.catalog) notes each batch first, while the events still hold
+    their data; it outlives the actor (a reload, a restart), so its owner passes it in
+    (without one, the actor keeps a catalog of its own).
     """
 
-    def __init__(self, filter: Filter, sink: Callable[[object], None]):
+    def __init__(
+        self, filter: Filter, sink: Callable[[object], None], catalog: Catalog | None = None
+    ):
         super().__init__()
         self._filter = filter
         self._sink = sink
+        self._catalog = Catalog(Clock()) if catalog is None else catalog
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -280,6 +288,10 @@ class FilterActor(Actor):
         return None
 
     def _route(self, message: Route) -> None:
+        try:
+            self._catalog.note(message.items)
+        except Exception:  # a bug in the catalog must not hold events back
+            logger.exception("the event-type catalog failed on a batch; routing it anyway")
         match = self._filter.match
         routed = []
         for item in message.items:
