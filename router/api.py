@@ -39,6 +39,7 @@ from router import (
     registry,
     resources,
 )
+from router.console import CSRF_HEADER, Console, Page
 from router.control import ATTEMPTS_LIMIT, MAX_ATTEMPTS_LIMIT
 from router.signing import new_secret
 from router.tokens import Token
@@ -383,6 +384,7 @@ class ApiServer:
         self.bind = bind
         self.app = app
         self.api = Api(app)
+        self.console = Console(app)  # the pages at / and their sessions
         self.routes = self.api.routes()
         self.address = bind  # the bound (host, port), with the real port when port was 0
         self._server: _Server | None = None
@@ -420,13 +422,19 @@ class ApiServer:
             t.join(5)
         self._server, self._threads = None, []
 
-    def answer(self, method: str, target: str, authorization: str | None, body: bytes) -> tuple:
-        """``(status, body, headers)`` for one request; the token is never logged."""
+    def answer(self, method: str, target: str, headers: Any, body: bytes) -> tuple:
+        """``(status, body, token)`` for one request; the token is never logged.
+
+        Paths outside the API are the console's (``router.console``): its pages, as a ``Page``.
+        """
         url = urlsplit(target)
         path = unquote(url.path)
         if path != PREFIX and not path.startswith(PREFIX + "/"):
-            raise ApiError(404, f"no such page: {path} (the API is under {PREFIX}/)", "path")
-        token = self._token(authorization)
+            page = self.console.answer(method, path, headers, body)
+            if page is None:
+                raise ApiError(404, f"no such page: {path} (the API is under {PREFIX}/)", "path")
+            return page.status, page, None
+        token = self._token(method, headers)
         parts = [p for p in path[len(PREFIX) :].split("/") if p]
         for pattern, methods in self.routes:
             if (params := _match(pattern, parts)) is None:
@@ -443,8 +451,22 @@ class ApiServer:
             return status, answer, token
         raise ApiError(404, f"no such endpoint: {path}", "path")
 
-    def _token(self, authorization: str | None) -> Token:
+    def _token(self, method: str, headers: Any) -> Token:
+        """The bearer token; without one, the console's session cookie, which needs the
+        session's CSRF token in ``X-CSRF-Token`` on every method but GET (403 without)."""
         challenge = {"WWW-Authenticate": 'Bearer realm="webhook-router"'}
+        authorization = headers.get("Authorization")
+        session_id = None if authorization else self.console.session_id(headers)
+        if session_id is not None:
+            found = self.console.signed_in(session_id)
+            if found is None:
+                raise ApiError(401, "the console session has ended; sign in again",
+                               "authorization", challenge)  # fmt: skip
+            session, token = found
+            if method != "GET" and not session.csrf_ok(headers.get(CSRF_HEADER)):
+                raise ApiError(403, f"a request from the console needs its {CSRF_HEADER} header",
+                               "csrf")  # fmt: skip
+            return token
         scheme, _, presented = (authorization or "").strip().partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             raise ApiError(401, "send Authorization: Bearer TOKEN", "authorization", challenge)
@@ -537,9 +559,7 @@ class _Handler(BaseHTTPRequestHandler):
         token: Token | None = None
         try:
             body = self._body()
-            status, answer, token = self.server.owner.answer(
-                method, self.path, self.headers.get("Authorization"), body
-            )
+            status, answer, token = self.server.owner.answer(method, self.path, self.headers, body)
             headers: dict = {}
         except _Gone:
             self.close_connection = True
@@ -566,12 +586,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._write(code, {"errors": [{"path": "", "message": text}]}, {})
 
     def _write(self, status: int, answer: Any, headers: dict) -> None:
-        data = b"" if status == 204 else json.dumps(answer, default=str).encode()
+        """JSON, or a console ``Page`` as it is (its own type and headers, Set-Cookie included)."""
+        if isinstance(answer, Page):
+            data, kind, extra = answer.body, answer.content_type, answer.headers
+        else:
+            data = b"" if status == 204 else json.dumps(answer, default=str).encode()
+            kind, extra = "application/json", (("Cache-Control", "no-store"),)
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        for k, v in headers.items():
+        for k, v in (*extra, *headers.items()):
             self.send_header(k, v)
         self.end_headers()
         if self.command != "HEAD":

@@ -115,7 +115,7 @@ def test_a_port_in_use_is_a_clear_error(server):
 
 
 def test_paths_outside_the_api_are_404_without_asking_for_a_token(server):
-    answer = exchange(server, b"GET / HTTP/1.0\r\n\r\n")
+    answer = exchange(server, b"GET /nothing HTTP/1.0\r\n\r\n")  # "/" is the console's
     assert answer.startswith(b"HTTP/1.0 404 ")
     assert b"the API is under /api/v1/" in answer
 
