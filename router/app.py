@@ -29,6 +29,7 @@ from typing import Any
 import pykka
 
 from router import ConfigError, RouterError, __version__, config, metrics, registry
+from router.alerts import Alerter
 from router.api import ApiServer
 from router.budget import Budget
 from router.clock import Clock
@@ -98,6 +99,7 @@ class App:
         self.scheduler = Scheduler(self.clock)
         self.budget = Budget()  # bytes all webhooks' in-memory queues may hold together
         self.starter = Starter()
+        self.alerter = Alerter(cfg.alerts, self.clock, cfg.api_bind)  # its own threads
         self.wiring = Wiring(
             self.pool,
             self.journal,
@@ -106,6 +108,7 @@ class App:
             lambda: new_id(self.clock),
             self.starter,
             self.budget,
+            alerter=self.alerter,
         )
         self.dispatcher = Dispatcher(self.wiring, self.channel)
         self.registry = registry.Registry(self.journal.path)  # the API-made webhooks
@@ -135,6 +138,7 @@ class App:
         self.journal.start()
         self.scheduler.start()
         self.starter.start()
+        self.alerter.start()
         self.dispatcher.start(cfg.webhooks, restored)
         self.filter = self.to_filter.ref = FilterActor.start(
             Filter.from_config(cfg), self.journal.submit
@@ -196,6 +200,7 @@ class App:
         for ref in stopping:
             if ref is not None:
                 ref.actor_stopped.wait(ASK_TIMEOUT)
+        self.alerter.stop()  # after the supervisors, which raise the alerts
         self.pool.stop(max(0.0, deadline - time.monotonic()))
         self.scheduler.stop()
         if self.control:
@@ -248,6 +253,7 @@ class App:
         for key in _RESTART_ONLY:
             if getattr(old, key) != getattr(new, key):
                 log.warning("reload: %s changed; that takes effect after a restart", key)
+        self.alerter.configure(new.alerts)
         diff = self._apply(new)
         self.journal.attempt_log_max = new.attempt_log_max  # the writer trims to it from now on
         metrics.CONFIG_RELOADS.inc()
@@ -357,6 +363,7 @@ class App:
                 "rejected": int(rejected),
                 "duplicates": count("events_duplicate_total"),
             },
+            "alerts": self.alerter.totals(),
             "memory": {  # bytes held in memory and their ceilings (the journal has the rest)
                 "queues": self.budget.used,
                 "queues_limit": self.budget.limit,

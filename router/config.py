@@ -80,6 +80,7 @@ class WebhookConfig:
     allow_private_networks: bool = False
     health: HealthConfig = HealthConfig()
     source: str = ""  # "FILE:LINE" where the webhook is defined
+    alert_email: tuple[str, ...] = ()  # also told about this webhook's alerts (SPEC §7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,29 @@ class IngestConfig:
     ack_bind: str | None = "tcp://127.0.0.1:5556"
     max_event_bytes: int = MiB
     curve: CurveConfig | None = None
+
+
+FAILING_AFTER = 300.0  # seconds a webhook fails before webhook.failing, unless the file says
+
+
+@dataclass(frozen=True, slots=True)
+class EmailConfig:
+    smtp: tuple[str, int]  # host, port
+    sender: str  # the From address (`from:` in the file)
+    to: tuple[str, ...] = ()
+    starttls: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # read from password_file
+    timeout: float = 10.0  # seconds, for connecting and for each SMTP answer
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    """Where alerts go (SPEC §7); with neither channel there are none."""
+
+    failing_after: float | None = FAILING_AFTER  # seconds failing before webhook.failing
+    webhook: WebhookConfig | None = None  # the alert endpoint, signed as a webhook is
+    email: EmailConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +135,7 @@ class Config:
     delivery_processes: int = 2  # 0: the senders run in the daemon's own process
     attempt_log_max: int = 256 * MiB  # bytes the attempt log may take in the journal
     journal_sync: str = "full"  # full: an ack survives power loss; normal: a crash only
+    alerts: AlertsConfig = AlertsConfig()
     webhooks: tuple[WebhookConfig, ...] = ()  # the files' webhooks, then the API's (by name)
     # The checked `defaults:` section: API-made webhooks are built with it too.
     defaults: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -178,6 +203,7 @@ def _webhook(f: File, path: str, w: Map, defaults: Map, memo: dict) -> WebhookCo
         health=_shared(memo, HealthConfig, **health),
         rate_limit=_shared(memo, RateLimit, *rate) if (rate := merged.get("rate_limit")) else None,
         source=source,
+        alert_email=w.get("alert_email", ()),
         **{k: v for k, v in merged.items() if k in TUNABLES and k not in _BUILT},
     )
 
@@ -197,6 +223,60 @@ def _ingest(f: File, top: Map) -> IngestConfig:
         max_event_bytes=ingest.get("max_event_bytes", MiB),
         curve=CurveConfig(**curve) if curve and len(curve) == 2 else None,
     )
+
+
+ALERTS_NAME = "alerts"  # the alert endpoint's name in logs and in its events' `webhook` field
+CHANNELS = ("webhook", "email")  # the ways alerts go out
+
+
+def _alerts(f: File, top: Map, webhooks: list[tuple[File, str, Map]]) -> AlertsConfig:
+    """The ``alerts`` section; a webhook's ``alert_email`` needs its SMTP server."""
+    alerts = top.get("alerts") or Map(None)
+    email = alerts.get("email")
+    if email is None:
+        for wf, p, w in webhooks:
+            if "alert_email" in w.keys_at:
+                wf.error(w.keys_at["alert_email"], join(p, "alert_email"),
+                         "needs alerts.email (the SMTP server that sends it)")  # fmt: skip
+    if "alerts" not in top or top["alerts"] is None:
+        return AlertsConfig()
+    # A channel whose value is wrong counts as set: its own error says why.
+    if not any(k in alerts.keys_at and alerts.get(k, BAD) is not None for k in CHANNELS):
+        f.error(top.keys_at["alerts"], "alerts", "set webhook, email or both to send alerts")
+    hook = None
+    if (w := alerts.get("webhook")) is not None:
+        path = "alerts.webhook"
+        secret_keys = [k for k in SECRET_KEYS if k in w.keys_at]
+        if len(secret_keys) > 1:
+            f.error(w.keys_at[secret_keys[1]], join(path, secret_keys[1]),
+                    f"set only one of {', '.join(SECRET_KEYS)}")  # fmt: skip
+        elif not secret_keys:
+            f.error(w.at, join(path, "secret"), "is required: alerts are signed (SPEC §2); "
+                    f"set {', '.join(SECRET_KEYS[:-1])} or {SECRET_KEYS[-1]}")  # fmt: skip
+        if "url" in w and not w.get("allow_private_networks") and (why := _blocked(w["url"])):
+            f.error(w.keys_at["url"], join(path, "url"),
+                    f"{why}; set allow_private_networks: true to allow it")  # fmt: skip
+        hook = WebhookConfig(
+            name=ALERTS_NAME,
+            url=w.get("url", ""),
+            secrets=next((w[k] for k in secret_keys if k in w), ()),
+            source=f.source(w.at),
+            **{k: w[k] for k in ("timeout", "headers", "allow_private_networks") if k in w},
+        )
+    mail = None
+    if email is not None:
+        if ("username" in email.keys_at) != ("password_file" in email.keys_at):
+            at = email.keys_at.get("username") or email.keys_at["password_file"]
+            f.error(at, "alerts.email", "set username and password_file together (or neither)")
+        mail = EmailConfig(
+            smtp=email.get("smtp", ("", 0)),
+            sender=email.get("from", ""),
+            to=email.get("to", ()),
+            **{k: email[k] for k in ("starttls", "username", "timeout") if k in email},
+            password=email.get("password_file"),
+        )
+    failing_after = alerts.get("failing_after", FAILING_AFTER)
+    return AlertsConfig(failing_after=failing_after, webhook=hook, email=mail)
 
 
 def _read(f: File, path: str, key: str | None = None, each: Each | None = None) -> yaml.Node | None:
@@ -298,6 +378,7 @@ def load(path: str, env: Mapping[str, str] | None = None) -> Config:
                     f"duplicate webhook name {hook.name!r}; first defined at {where}")  # fmt: skip
         first.setdefault(hook.name, hook.source)
     ingest = _ingest(main, top)
+    alerts = _alerts(main, top, webhooks)
     api = _api(main, top)
     if errors:
         raise ConfigError([text for _, _, text in sorted(errors, key=lambda e: e[:2])])
@@ -318,6 +399,7 @@ def load(path: str, env: Mapping[str, str] | None = None) -> Config:
         control_bind=top.get("control", {}).get("bind", f"ipc://{state_dir}/{CONTROL_SOCKET}"),
         webhooks=tuple(built),
         defaults=defaults,
+        alerts=alerts,
         **api,
         **extra,
     )

@@ -249,9 +249,9 @@ def _body(
     return text[:-1]
 
 
-def synthetic(eid: str, etype: str, ts: float) -> Payload:
-    """The payload of an event the router makes itself (a health check, a test event)."""
-    return Payload(eid, etype, _body(eid, etype, ts, None, None, {}))
+def synthetic(eid: str, etype: str, ts: float, data: dict | None = None) -> Payload:
+    """The payload of an event the router makes itself (a health check, a test event, an alert)."""
+    return Payload(eid, etype, _body(eid, etype, ts, None, None, data or {}))
 
 
 def _iso(ts: float) -> str:

@@ -140,6 +140,29 @@ class WebhookState:
     failed: int = 0
     last_success: float | None = None
     last_error: str | None = None
+    failing_since: float | None = None  # when the failed attempts in a row began
+    last_alert: str | None = None  # the newest alert raised: "failing" | "disabled" | "recovered"
+    last_alert_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A webhook's health changed and the people who run it are to be told (SPEC §7).
+
+    Made by the webhook's core, sent by ``router.alerts`` on its own threads. ``url`` is
+    the public part only (scheme, host, port): never a path or query, which hold tokens.
+    """
+
+    kind: str  # "failing" | "disabled" | "recovered": the event type is "webhook.<kind>"
+    webhook: str
+    url: str
+    reason: str  # failing: failed_attempts; disabled: exhausted | gone | manual;
+    # recovered: enable | probe | delivered
+    last_error: str | None
+    since: float | None  # when the trouble began: the first failed attempt, or the disabling
+    queued: int  # deliveries held for it
+    at: float
+    emails: tuple[str, ...] = ()  # the webhook's own alert_email
 
 
 @dataclass(frozen=True, slots=True)

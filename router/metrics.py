@@ -66,6 +66,27 @@ JOURNAL_COMMIT = Histogram(
 JOURNAL_ERRORS = Counter(
     "journal_errors", "Journal transactions that failed (disk full, I/O error).", registry=REGISTRY
 )
+ALERTS_SENT = Counter(
+    "alerts_sent",
+    "Alerts sent, by channel (webhook, email) and kind (failing, disabled, recovered).",
+    ["channel", "kind"],
+    registry=REGISTRY,
+)
+ALERTS_FAILED = Counter(
+    "alerts_failed",
+    "Alerts a channel gave up on after its retries, by channel.",
+    ["channel"],
+    registry=REGISTRY,
+)
+ALERTS_SUPPRESSED = Counter(
+    "alerts_suppressed", "Alerts not sent: over a webhook's hourly limit.", registry=REGISTRY
+)
+ALERTS_DROPPED = Counter(
+    "alerts_dropped",
+    "Alerts dropped because a channel's queue was full, by channel.",
+    ["channel"],
+    registry=REGISTRY,
+)
 CONFIG_RELOADS = Counter("config_reloads", "Successful config reloads.", registry=REGISTRY)
 CONFIG_RELOAD_FAILURES = Counter(
     "config_reload_failures",

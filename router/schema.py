@@ -428,6 +428,20 @@ TUNABLES = {  # the per-webhook keys `defaults:` may set
     "health": Key(section(HEALTH)),
 }
 SECRET_KEYS = ("secret", "secret_env", "secret_file", "secret_credential")
+
+
+_NOT_IN_ADDRESS = frozenset(' \t<>,;"\\')
+
+
+def _email_address(v: Any) -> str:
+    """``name@domain``, one address: it goes in an SMTP envelope and a header as it is."""
+    plain = isinstance(v, str) and v.isprintable() and not any(c in _NOT_IN_ADDRESS for c in v)
+    if plain and "@" in v.strip("@"):
+        return v
+    raise ValueError("expected one email address such as ops@example.com")
+
+
+_EMAIL = _scalar(_email_address, "an email address")
 WEBHOOK = {
     "name": Key(_scalar(webhook_name, "a name"), required=True),
     "url": Key(_scalar(url, "a URL"), required=True),
@@ -438,6 +452,7 @@ WEBHOOK = {
     **RULE,
     "match": Key(_list(_rule, nonempty=True)),
     **TUNABLES,
+    "alert_email": Key(_list(_EMAIL)),  # also told about this webhook's alerts (SPEC §7)
 }
 
 
@@ -461,6 +476,42 @@ INGEST = {
 API = {
     "bind": Key(_optional(_scalar(host_port, "HOST:PORT"))),
     "tokens_file": Key(_file_path),  # read by router.tokens, only when the API is on
+}
+
+
+def _password_file(node: yaml.Node, f: File, path: str) -> str:
+    """The SMTP password, read when the config is: one line, the newline not part of it."""
+    name = _file_path(node, f, path)
+    try:
+        with open(name, encoding="utf-8") as fh:
+            password = fh.read().rstrip("\r\n")
+    except OSError as e:
+        raise _Invalid(f"cannot read the password file {name}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise _Invalid(f"the password file {name} is not UTF-8 text") from None
+    if not password:
+        raise _Invalid(f"the password file {name} is empty")
+    return password
+
+
+ALERT_WEBHOOK = {  # where alerts go as signed events: a webhook's connection keys
+    "url": WEBHOOK["url"],
+    **_SECRETS,
+    **{k: TUNABLES[k] for k in ("timeout", "headers", "allow_private_networks")},
+}
+ALERT_EMAIL = {
+    "smtp": Key(_scalar(host_port, "HOST:PORT"), required=True),
+    "starttls": Key(_BOOL),
+    "username": Key(_scalar(text, "a user name")),
+    "password_file": Key(_password_file),
+    "from": Key(_EMAIL, required=True),
+    "to": Key(_list(_EMAIL)),
+    "timeout": Key(_scalar(positive(parse_duration), "a duration")),
+}
+ALERTS = {
+    "failing_after": Key(_optional(_scalar(positive(parse_duration), "a duration"))),
+    "webhook": Key(_optional(section(ALERT_WEBHOOK))),
+    "email": Key(_optional(section(ALERT_EMAIL))),
 }
 
 
@@ -534,4 +585,5 @@ TOP = {
     "delivery_processes": Key(_scalar(integer(0, 64), "an integer")),  # 0: in the daemon
     "attempt_log_max": Key(_scalar(positive(parse_size), "a size")),
     "journal": Key(section({"sync": Key(_scalar(choice(*JOURNAL_SYNC), "a sync mode"))})),
+    "alerts": Key(_optional(section(ALERTS))),  # `alerts: null`, or none: no alerts
 }

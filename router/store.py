@@ -35,7 +35,7 @@ from router.messages import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SUCCESS_RESPONSE_CAP = 1024  # bytes of a 2xx response body kept in the attempt log
 ROW_COST = 100  # bytes an attempt row costs besides its texts (numbers, names, index entries)
@@ -122,7 +122,18 @@ PRAGMA user_version = 2;
 COMMIT;
 """
 
-_UPGRADES = {1: _SCHEMA_V1, 2: _SCHEMA_V2}  # version -> the script that makes it
+# Version 3: what the alerts need to survive a restart (SPEC §7): since when a webhook has
+# been failing, and the newest alert raised for it, so that none is forgotten or repeated.
+_SCHEMA_V3 = """
+BEGIN;
+ALTER TABLE webhooks ADD COLUMN failing_since REAL;
+ALTER TABLE webhooks ADD COLUMN last_alert TEXT;
+ALTER TABLE webhooks ADD COLUMN last_alert_at REAL;
+PRAGMA user_version = 3;
+COMMIT;
+"""
+
+_UPGRADES = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}  # version -> the script that makes it
 
 _PENDING_SQL = """
 SELECT d.seq, e.id, e.type, e.body, d.attempts, d.next_at
@@ -310,9 +321,10 @@ def prefix(text: str) -> str:
 
 def save_states(conn: sqlite3.Connection, states: list[tuple[str, WebhookState]]) -> None:
     """Replace each webhook's persisted state: (webhook, state) pairs, one statement."""
-    conn.executemany("INSERT OR REPLACE INTO webhooks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+    conn.executemany("INSERT OR REPLACE INTO webhooks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
         (webhook, s.state, s.disabled_reason, s.consecutive_failures,
-         s.delivered, s.failed, s.last_success, s.last_error)
+         s.delivered, s.failed, s.last_success, s.last_error, s.failing_since,
+         s.last_alert, s.last_alert_at)
         for webhook, s in states
     ])  # fmt: skip
 

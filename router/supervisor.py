@@ -25,7 +25,7 @@ import pykka
 from router.actor import Actor
 from router.config import WebhookConfig
 from router.messages import AttemptResult, Delivery, Loaded, LoadPending, Revive
-from router.webhook import Load, Record, Requeue, Send, WakeAt, WebhookCore
+from router.webhook import Load, Notify, Record, Requeue, Send, WakeAt, WebhookCore
 
 if TYPE_CHECKING:
     from router.handle import Starter, WebhookHandle
@@ -115,6 +115,7 @@ class Wiring:
     new_id: Callable[[], str]
     starter: Starter | None = None  # None: start supervisors on the caller's thread
     budget: Any = None  # the memory budget every webhook's queue shares (router.budget)
+    alerter: Any = None  # router.alerts.Alerter: takes alerts off the data path; None: none
 
 
 # --------------------------------------------------------------------------- the actor
@@ -176,12 +177,15 @@ class Supervisor(Actor):
                 return self._handle(answer)
             case AttemptResult():
                 self._run(core.result(message, now))
+                self._failing(now)
             case tuple():  # results that came back together (router.senders)
                 self._run([e for r in message for e in core.result(r, now)])
+                self._failing(now)
             case Enqueue(deliveries):
                 self._run(core.enqueue(deliveries, now))
             case Tick():
                 self._run(core.tick(now))
+                self._failing(now)
             case LoadedFor(generation, loaded) if loaded.limit is None:
                 self._run(core.revived(generation, loaded, now))
             case LoadedFor(generation, loaded):
@@ -191,7 +195,7 @@ class Supervisor(Actor):
                 self._run(core.enable(now, future.set))
                 return future
             case Disable():
-                self._run(core.disable())
+                self._run(core.disable(now))
                 return core.answer(True, "disabled")
             case Replay(since, failed_only, until, event):
                 future = pykka.ThreadingFuture()
@@ -225,6 +229,12 @@ class Supervisor(Actor):
             self.retire_at = core.idle_since + IDLE_AFTER
             self.wiring.scheduler.call_at(self.retire_at, self.handle.tell_if_running)
 
+    def _failing(self, now: float) -> None:
+        """Failing long enough for ``alerts.failing_after``? The core decides; a success
+        pays for one test here."""
+        if self.core.state.failing_since is not None and self.wiring.alerter is not None:
+            self._run(self.core.check_failing(now, self.wiring.alerter.failing_after))
+
     def _run(self, effects: list) -> None:
         w, handle = self.wiring, self.handle
         for e in effects:
@@ -235,6 +245,9 @@ class Supervisor(Actor):
                     w.journal.submit(message)
                 case WakeAt(at):
                     w.scheduler.call_at(at, handle.tick)
+                case Notify(alert):
+                    if w.alerter is not None:
+                        w.alerter.submit(alert)  # never blocks: a bounded queue of its own
                 case Load(generation, after_seq, limit, max_bytes, seqs):
                     name, reply = self.core.config.name, self._loaded(generation)
                     w.journal.submit(LoadPending(name, after_seq, limit, reply, max_bytes, seqs))

@@ -34,6 +34,7 @@ from router.messages import (
     DONE,
     EXHAUSTED,
     PENDING,
+    Alert,
     Attempt,
     AttemptResult,
     Delivery,
@@ -72,6 +73,13 @@ class Record:
 @dataclass(frozen=True, slots=True)
 class WakeAt:
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """Tell the people who run this webhook (router.alerts, off the data path)."""
+
+    alert: Alert
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +271,8 @@ class WebhookCore:
             self._release(d)
             self.pending_total -= 1
             self.state = retry.succeeded(self.state, now)
+            if self.state.failing_since is not None:  # a success costs this test, no more
+                effects += self._working(now, "delivered")
             self._count(metrics.DELIVERIES, "delivered")
             effects.append(Record(Outcome(name, r.seq, r, DONE)))
         elif isinstance(decision, retry.RetryAt):
@@ -294,6 +304,7 @@ class WebhookCore:
                     "webhook %s disabled: event %s %s (last error: %s); new events are held",
                     name, d.payload.id, why, r.error,
                 )  # fmt: skip
+                effects.append(self._alert("disabled", decision.reason, now))
                 effects += self.schedule_probe(now)
         effects.append(Record(SaveState(name, self.state)))
         return effects + self.pump(now)
@@ -313,7 +324,10 @@ class WebhookCore:
         """The state after a failed attempt: the router's own faults leave health alone."""
         if r.router_fault:
             return replace(self.state, last_error=r.error)
-        return retry.failed_attempt(self.state, r.error or "failed")
+        state = retry.failed_attempt(self.state, r.error or "failed")
+        if state.failing_since is None:  # the first of a run of failed attempts
+            state = replace(state, failing_since=r.started_at)
+        return state
 
     def enable(self, now: float, waiter: Callable[[dict], None] | None) -> list:
         if self.state.state != "disabled":
@@ -326,14 +340,19 @@ class WebhookCore:
             return []  # one health check at a time; this caller gets its answer too
         return self._send_probe(now)
 
-    def disable(self) -> list:
-        """Disable by hand. A health check still in flight can no longer enable it."""
+    def disable(self, now: float | None = None) -> list:
+        """Disable by hand. A health check still in flight can no longer enable it.
+
+        ``now`` stamps the alert in the webhook's state (None: not known, in tests).
+        """
+        was = self.state.state
         self.state = retry.disabled(self.state, "manual")
         log.warning("webhook %s disabled by the operator; new events are held", self.config.name)
         waiters, self.probe_waiters = self.probe_waiters, []
         for w in waiters:  # an enable still waiting for its health check: the disable wins
             w(self.answer(False, "disabled by the operator before the health check answered"))
-        return [Record(SaveState(self.config.name, self.state))]
+        alert = [] if was == "disabled" else [self._alert("disabled", "manual", now)]
+        return [*alert, Record(SaveState(self.config.name, self.state))]
 
     def replay(
         self,
@@ -618,6 +637,7 @@ class WebhookCore:
             self.probe_at = None
             self.state = retry.enabled(replace(self.state, last_success=now))
             log.info("webhook %s: health check passed; enabled, flushing held deliveries", name)
+            effects += self._working(now, "enable" if self.probe_waiters else "probe")
             effects.append(self._requeue())
             effects.append(Record(SaveState(name, self.state)))
             answer = self.answer(True, "health check passed")
@@ -633,6 +653,49 @@ class WebhookCore:
         for w in waiters:
             w(answer)
         return effects + self.pump(now)
+
+    # ------------------------------------------------------------------ alerts
+
+    def check_failing(self, now: float, after: float | None) -> list:
+        """Warn once the webhook has been failing for ``after`` seconds (None: never).
+
+        Once per run of failures: the run ends with a success, or an enable after a
+        disabling. Until it is due, a wake-up at the moment it will be.
+        """
+        s = self.state
+        if after is None or s.failing_since is None or s.state != "failing":
+            return []
+        if s.last_alert == "failing":
+            return []  # told already; the state says so across a restart too
+        effects: list = []
+        if s.failing_since + after > now:
+            self._wake(s.failing_since + after, effects)
+            return effects
+        alert = self._alert("failing", "failed_attempts", now)
+        return [alert, Record(SaveState(self.config.name, self.state))]
+
+    def _working(self, now: float, how: str) -> list:
+        """Working again (a 2xx, or enabled): the run of failures is over.
+
+        ``webhook.recovered`` goes to whoever heard it was failing or disabled.
+        """
+        s = self.state
+        if s.state == "disabled":  # a late success while disabled: the trouble goes on
+            return []
+        told = s.last_alert in ("failing", "disabled")
+        alert = [self._alert("recovered", how, now)] if told else []
+        self.state = replace(self.state, failing_since=None)
+        return alert
+
+    def _alert(self, kind: str, reason: str, now: float | None) -> Notify:
+        """The alert of one state change, remembered in the state (saved with it)."""
+        s = self.state
+        since = s.failing_since if s.failing_since is not None else now
+        self.state = replace(s, last_alert=kind, last_alert_at=now)
+        return Notify(
+            Alert(kind, self.config.name, _public_url(self.config.url), reason, s.last_error,
+                  since, self._queued(), now, self.config.alert_email)
+        )  # fmt: skip
 
     def answer(self, ok: bool, detail: str) -> dict:
         """What the control socket gets back from enable and disable."""
@@ -669,7 +732,7 @@ class WebhookCore:
             "state": s.state,
             "health": retry.health(s),
             "disabled_reason": s.disabled_reason,
-            "queued": max(0, self.pending_total - len(self.in_flight)),
+            "queued": self._queued(),
             "in_flight": len(self.in_flight),
             "retrying": len(self.waiting),
             "in_memory": self.held(),  # deliveries held in memory; the journal has the rest
@@ -680,8 +743,15 @@ class WebhookCore:
             "consecutive_failures": s.consecutive_failures,
             "last_success": iso(s.last_success),
             "last_error": s.last_error,
+            "failing_since": iso(s.failing_since),
+            "last_alert": s.last_alert and {"kind": s.last_alert, "at": iso(s.last_alert_at)},
             "latency_ms": {"p50": pct(0.5), "p99": pct(0.99)},
         }
+
+
+    def _queued(self) -> int:
+        """Deliveries waiting, held ones included (SPEC §5's ``queued``)."""
+        return max(0, self.pending_total - len(self.in_flight))
 
 
 def _public_url(url: str) -> str:
