@@ -9,7 +9,7 @@ CONFIG ?= conf/router.yaml
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,postgresql]'
 	touch $@
 
 run: $(VENV)/.installed

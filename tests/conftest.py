@@ -1,6 +1,8 @@
 import pykka
 import pytest
 
+from tests.postgres import pg_dsn, postgres_server  # noqa: F401  (a real PostgreSQL server)
+
 
 @pytest.fixture(autouse=True)
 def _stop_all_actors():
