@@ -263,6 +263,42 @@ class Api:
         except RouterError as e:
             raise ApiError(504, str(e)) from None
 
+    def publish(self, req: Request) -> tuple[int, Any]:
+        """Publish one event: 201 ``{"ok": true, "id": …}`` once it is journaled.
+
+        It goes the way of an event on the ack socket: the receiver checks it (its
+        reasons, as 422), the filter routes it, the journal commits it, and the answer
+        is that socket's ack: a repeated id gets ``"duplicate": true`` and is not
+        delivered again. 503 when it was not journaled (it may be, late, after a
+        timeout: send it again with the same id).
+        """
+        try:
+            doc = json.loads(req.body or b"null")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"the body is not JSON: {e}", "body") from None
+        try:
+            frame = msgpack.packb(doc)
+        except (TypeError, ValueError, OverflowError) as e:  # what msgpack cannot carry
+            raise ApiError(422, f"the router refused this event: {e}", "body") from None
+        retry = {"Retry-After": "1"}
+        try:
+            waiter = self.app.publish(frame)
+        except RouterError as e:
+            raise ApiError(503, str(e), "", retry) from None
+        if waiter.bad is not None:
+            raise ApiError(422, f"the router refused this event: {waiter.bad.message}",
+                           waiter.bad.reason)  # fmt: skip
+        if not waiter.answer["ok"]:
+            raise ApiError(503, f"not journaled: {waiter.answer['error']}", "", retry)
+        return 201, waiter.answer
+
+    def event_types(self, req: Request) -> tuple[int, Any]:
+        """The event types seen (count, last seen, ``data`` paths), and the projects and companies.
+
+        A company-scoped token is shown only what was seen with its own companies.
+        """
+        return 200, self.app.catalog.view(req.token.companies)
+
     def not_yet(self, req: Request) -> tuple[int, Any]:
         """Not implemented yet in this version of webhook-router."""
         raise ApiError(501, "not implemented yet in this version of webhook-router")
@@ -272,7 +308,6 @@ class Api:
 
         Every endpoint of SPEC §6 is here; those still answering 501 are to come.
         """
-        later = self.not_yet
         webhook = ("webhooks", "{name}")
         return [
             (("webhooks",), {"GET": self.list_webhooks, "POST": self.create}),
@@ -282,9 +317,9 @@ class Api:
             ((*webhook, "replay"), {"POST": self.replay}),
             ((*webhook, "test"), {"POST": self.test}),
             ((*webhook, "attempts"), {"GET": self.attempts}),
-            (("events",), {"POST": later}),
+            (("events",), {"POST": self.publish}),
             (("explain",), {"POST": self.explain}),
-            (("event-types",), {"GET": later}),
+            (("event-types",), {"GET": self.event_types}),
             (("openapi.json",), {"GET": self.openapi}),
         ]
 

@@ -32,6 +32,7 @@ from router import ConfigError, RouterError, __version__, config, metrics, regis
 from router.alerts import Alerter
 from router.api import ApiServer
 from router.budget import Budget
+from router.catalog import Catalog
 from router.clock import Clock
 from router.config import API_SOURCE, Config, WebhookConfig
 from router.control import ControlServer
@@ -42,7 +43,7 @@ from router.handle import Starter, WebhookHandle
 from router.journal import Journal
 from router.messages import Attempt
 from router.metrics import MetricsServer
-from router.receiver import MAX_OUTSTANDING_BYTES, AckChannel, Bind, Receiver
+from router.receiver import MAX_OUTSTANDING_BYTES, AckChannel, Bind, Publish, Receiver, Waiter
 from router.scheduler import Scheduler
 from router.senders import Senders
 from router.store import attempts
@@ -52,6 +53,7 @@ from router.webhook import TEST_EVENT
 log = logging.getLogger(__name__)
 
 ASK_TIMEOUT = 5.0
+PUBLISH_WAIT = 10.0  # seconds an event published over HTTP may wait for its commit
 SENDERS_START = 30.0  # seconds the sender processes may take to start
 THREAD_STACK = 512 * 1024  # every thread here is shallow; thousands of supervisors add up
 
@@ -114,6 +116,8 @@ class App:
         self.registry = registry.Registry(self.journal.path)  # the API-made webhooks
         self.filter: pykka.ActorRef | None = None
         self.to_filter = FilterAddress()  # the receiver's sink
+        self.catalog = Catalog(self.clock)  # what the filter has seen; outlives filter actors
+        self.publish_wait = PUBLISH_WAIT
         self.receiver: pykka.ActorRef | None = None
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
@@ -141,7 +145,7 @@ class App:
         self.alerter.start()
         self.dispatcher.start(cfg.webhooks, restored)
         self.filter = self.to_filter.ref = FilterActor.start(
-            Filter.from_config(cfg), self.journal.submit
+            Filter.from_config(cfg), self.journal.submit, self.catalog
         )
         self._start_receiver()
         for addr in (cfg.ingest.bind, cfg.ingest.ack_bind):
@@ -442,6 +446,31 @@ class App:
                 return w
         raise RouterError(f"no webhook named '{name}'")
 
+    def publish(self, frame: bytes) -> Waiter:
+        """One event from the HTTP API, a msgpack frame, through the receiver as if read
+        from the ack socket; the waiter once it holds the answer (after the commit).
+
+        Raises:
+            RouterError: the receiver is not running, or no answer came within
+                ``publish_wait`` (the journal is stuck: the event may still be committed).
+        """
+        waiter = Waiter()
+        receiver = self.receiver
+        try:
+            if receiver is None:
+                raise pykka.ActorDeadError("no receiver")
+            receiver.tell(Publish(frame, waiter))
+        except pykka.ActorDeadError:
+            raise RouterError("the router is not taking events now (it is stopping)") from None
+        self.channel.wake()
+        if waiter.wait(self.publish_wait) is None:
+            what = f"event {waiter.id}" if waiter.id else "the event"
+            raise RouterError(
+                f"{what} was not journaled within {self.publish_wait:g}s; it may still be:"
+                " send it again with the same id (a duplicate is not delivered twice)"
+            )
+        return waiter
+
     # ------------------------------------------------------------------ main loop
 
     def serve(self) -> None:
@@ -503,7 +532,7 @@ class App:
         if self.filter is not None and not self.filter.is_alive():
             log.error("filter actor died; restarting it")
             self.filter = self.to_filter.ref = FilterActor.start(
-                Filter.from_config(self.config), self.journal.submit
+                Filter.from_config(self.config), self.journal.submit, self.catalog
             )
         for handle in self.dispatcher:
             if handle.dead():

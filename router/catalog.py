@@ -115,8 +115,12 @@ class Catalog:
                     self._walk(event.data, seen.paths)
 
     def _tenant(self, company: str | None) -> _Tenant | None:
+        # Each of these first answers quickly once its bound was hit and logged: the
+        # common case past a bound, for every event that brings something new.
         if company is not None:
             full = len(self._tenants) >= MAX_COMPANIES
+            if full and self.truncated:
+                return None
             if not self._room("companies", full, company, ENTRY_COST):
                 return None
             company = self._keep(company)
@@ -124,6 +128,8 @@ class Catalog:
         return tenant
 
     def _seen(self, tenant: _Tenant, etype: str) -> _Seen | None:
+        if self._entries >= MAX_ENTRIES and self.truncated:
+            return None
         if etype not in self._types:
             if not self._room("event types", len(self._types) >= MAX_TYPES, etype, 0):
                 return None
@@ -135,8 +141,13 @@ class Catalog:
         return seen
 
     def _project(self, tenant: _Tenant, project: str) -> None:
+        if self._pairs >= MAX_PAIRS and self.truncated:
+            return
         if project not in self._projects:
-            if not self._room("projects", len(self._projects) >= MAX_PROJECTS, project, 0):
+            full = len(self._projects) >= MAX_PROJECTS
+            if full and self.truncated:
+                return
+            if not self._room("projects", full, project, 0):
                 return
             self._projects.add(self._keep(project))
         if self._room("projects of companies", self._pairs >= MAX_PAIRS, "", ENTRY_COST):
@@ -174,12 +185,13 @@ class Catalog:
     def _room(self, what: str, full: bool, text: str, cost: int) -> bool:
         """Whether one more of ``what`` fits (``full``: its count is at its bound), holding
         ``text`` and costing ``cost`` bytes more; the first bound hit is logged, once."""
-        if len(text) > MAX_CHARS:
-            return False  # too long to show anyone: not kept, and no bound was hit
-        new = 0 if text in self._names else len(text) + TEXT_COST
-        if not full and self._bytes + new + cost <= MAX_BYTES:
-            self._bytes += cost
-            return True
+        if not full:
+            if len(text) > MAX_CHARS:
+                return False  # too long to show anyone: not kept, and no bound was hit
+            new = 0 if text in self._names else len(text) + TEXT_COST
+            if self._bytes + new + cost <= MAX_BYTES:
+                self._bytes += cost
+                return True
         if not self.truncated:
             self.truncated = what if full else f"{MAX_BYTES} bytes"
             log.warning(

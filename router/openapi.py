@@ -83,6 +83,18 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "more": {"422": "A query parameter is wrong"},
     },
     ("GET", "openapi.json"): {"ok": ("200", "This document", "OpenAPI")},
+    ("POST", "events"): {
+        "body": ("Event", True),
+        "ok": ("201", "Journaled; a repeated id is acked `duplicate` and not sent again", "Ack"),
+        "more": {
+            "400": "The body is not JSON",
+            "422": "Ingest refuses this event; `path` is the reason code",
+            "503": "Not journaled (journal failing, stuck or busy): send it again, same id",
+        },
+    },
+    ("GET", "event-types"): {
+        "ok": ("200", "What the router has seen, for this token's companies", "EventTypes")
+    },
     ("POST", "explain"): {
         "body": ("Event", True),
         "ok": ("200", "Which webhooks the event reaches, and why not the others", "Explained"),
@@ -190,6 +202,37 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "OpenAPI": {"description": "An OpenAPI 3.1 document", **_ANY_OBJECT},
+    "Ack": {
+        "description": "The ack the ack socket gives (SPEC §1)",
+        "type": "object",
+        "required": ["ok", "id"],
+        "properties": {
+            "ok": {"const": True},
+            "id": {"type": "string", "description": "the event's id, given or assigned"},
+            "duplicate": {"const": True, "description": "the id was journaled already"},
+        },
+    },
+    "EventTypes": {
+        "description": "Bounded (router.catalog); names and paths, never values",
+        "type": "object",
+        "properties": {
+            "event_types": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "type": {"type": "string"},
+                        "count": {"type": "integer"},
+                        "last_seen": {"type": "string", "format": "date-time"},
+                        "paths": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+            "projects": {"type": "array", "items": {"type": "string"}},
+            "companies": {"type": "array", "items": {"type": "string"}},
+            "truncated": {"type": "boolean", "description": "a bound kept something out"},
+        },
+    },
     "Explained": {
         "type": "object",
         "properties": {

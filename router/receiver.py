@@ -5,6 +5,10 @@ validates them with ``router.envelope``, hands valid ones to a sink in one batch
 poll, answers bad ones at once, and sends ``ok`` acks only when the journal reports the
 commit through an ``AckChannel``. The loop is a pykka actor telling itself ``Poll()``,
 so ``stop()`` is noticed within one poll timeout.
+
+An event published over HTTP (``POST /api/v1/events``) comes in as a ``Publish`` message
+holding its frame: it is checked, counted and handed on exactly as a frame read from the
+ack socket, and its ``Waiter`` hears the same answer, after the same commit.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ BATCH = 1000  # most messages read from one socket in one poll
 LINGER_MS = 1000  # on stop, queued acks get this long to leave
 HWM = 10_000  # acks queued for one client
 MAX_OUTSTANDING_BYTES = 64 * MiB  # decoded events handed on but not yet journaled
+BUSY = "the router is busy: too many events wait for the journal; send it again shortly"
 PEER_QUEUE_BYTES = 16 * MiB  # frames ZeroMQ may queue for us from one producer
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq converts enum flags on every call
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -66,12 +71,48 @@ class Poll:
     """Run one round of the receive loop; the actor tells itself the next one."""
 
 
+class Waiter:
+    """Where an HTTP publisher waits for its event's answer: the map an ack-socket producer
+    would get (``{"ok": true, "id": …}``, with ``"duplicate": true`` for a repeated id, or
+    ``{"ok": false, "error": …}``), and for a bad event the ``BadEvent`` too.
+
+    Answered once (a later answer is ignored): by the receiver for a bad event or when
+    there is no room, or on the journal's thread once the event is committed or refused.
+    """
+
+    __slots__ = ("_done", "answer", "bad", "id")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self.answer: dict[str, Any] | None = None
+        self.bad: envelope.BadEvent | None = None
+        self.id: str | None = None  # the event's id, once the receiver has read it
+
+    def set(self, answer: dict[str, Any], bad: envelope.BadEvent | None = None) -> None:
+        if not self._done.is_set():
+            self.answer, self.bad = answer, bad
+            self._done.set()
+
+    def wait(self, timeout: float) -> dict[str, Any] | None:
+        """The answer, or None if none came within ``timeout`` seconds."""
+        return self.answer if self._done.wait(timeout) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """An event from the HTTP API, as the msgpack frame a producer would send."""
+
+    frame: bytes
+    waiter: Waiter
+
+
 class AckChannel:
     """Where the journal's thread hands commit results back to the receiver thread.
 
     The journal calls ``committed``/``failed``; those queue replies, a batch at a time,
     and wake the receiver through a pipe it polls; it takes them all at once and sends
-    them in one pass. ``outstanding`` counts events handed to the sink and not yet
+    them in one pass. An event from the HTTP API is answered at once, through its
+    ``Waiter``. ``outstanding`` counts events handed to the sink and not yet
     answered, ``outstanding_bytes`` what they cost in memory (``Event.cost``):
     back-pressure looks at both.
     """
@@ -106,18 +147,28 @@ class AckChannel:
             item = result.item
             count += 1
             cost += item.event.cost
-            if item.reply is not None:
+            reply = item.reply
+            if reply is not None:
                 ack: dict[str, Any] = {"ok": True, "id": item.event.id}
                 if result.seq is None:
                     ack["duplicate"] = True
-                replies.append((item.reply, pack(ack)))
+                if type(reply) is tuple:
+                    replies.append((reply, pack(ack)))
+                else:
+                    reply.set(ack)
         self._answer(replies, count, cost)
 
     def failed(self, items: Iterable[Accepted], reason: str) -> None:
         """Refuse these events (not journaled): ``{"ok": false, "error": reason}``."""
-        body = msgpack.packb({"ok": False, "error": reason})
+        answer = {"ok": False, "error": reason}
+        body = msgpack.packb(answer)
         items = tuple(items)
-        replies = [(i.reply, body) for i in items if i.reply is not None]
+        replies = []
+        for i in items:
+            if type(i.reply) is tuple:
+                replies.append((i.reply, body))
+            elif i.reply is not None:
+                i.reply.set(answer)
         self._answer(replies, len(items), sum(i.event.cost for i in items))
 
     def add_outstanding(self, count: int, cost: int = 0) -> None:
@@ -125,6 +176,12 @@ class AckChannel:
         with self._lock:
             self._outstanding += count
             self._outstanding_bytes += cost
+
+    def wake(self) -> None:
+        """Wake the receiver now (a ``Publish`` waits in its inbox)."""
+        # A full pipe already means "wake up"; a closed one means nobody listens.
+        with contextlib.suppress(OSError):
+            os.write(self._write_fd, b"\0")
 
     def take(self) -> list[Reply]:
         """Empty the wake-up pipe and return every reply waiting to be sent."""
@@ -146,9 +203,7 @@ class AckChannel:
             self._replies += replies
             self._outstanding = max(0, self._outstanding - count)
             self._outstanding_bytes = max(0, self._outstanding_bytes - cost)
-        # A full pipe already means "wake up"; a closed one means nobody listens.
-        with contextlib.suppress(OSError):
-            os.write(self._write_fd, b"\0")
+        self.wake()
 
 
 class _LogLimit:
@@ -231,6 +286,13 @@ class Receiver(Actor):
                 time.sleep(0.1)  # a persistent socket error must not spin the CPU
             if self._all is not None:  # not bound (Bind failed) or closed: no loop
                 self._tell(Poll())
+            return None
+        if isinstance(message, Publish):
+            try:
+                self._publish(message)
+            except Exception:
+                logger.exception("could not take an event from the HTTP API; going on")
+                message.waiter.set({"ok": False, "error": "internal error: not journaled"})
             return None
         return super().on_receive(message)
 
@@ -340,8 +402,7 @@ class Receiver(Actor):
     def _poll(self) -> None:
         if self._all is None or self._acks_only is None:
             return
-        room = self._max_outstanding - self._channel.outstanding
-        room_bytes = self._max_outstanding_bytes - self._channel.outstanding_bytes
+        room, room_bytes = self._room()
         # Under back-pressure the sockets are not even polled: their high-water marks
         # push back on producers, and level-triggered readiness would spin the loop.
         open_ = room > 0 and room_bytes > 0
@@ -360,6 +421,29 @@ class Receiver(Actor):
                 self._hand_over(items, room_bytes - budget[1])
         self._send_acks()
         self._limit.flush()
+
+    def _room(self) -> tuple[int, int]:
+        """How many more events, and bytes of them, may be handed on before commits answer."""
+        channel = self._channel
+        return (
+            self._max_outstanding - channel.outstanding,
+            self._max_outstanding_bytes - channel.outstanding_bytes,
+        )
+
+    def _publish(self, message: Publish) -> None:
+        """An event from the HTTP API: refused while the sockets are under back-pressure,
+        else checked and handed on as a frame read from the ack socket is."""
+        room, room_bytes = self._room()
+        if room <= 0 or room_bytes <= 0:
+            message.waiter.set({"ok": False, "error": BUSY})
+            return
+        try:
+            event = envelope.decode(message.frame, self._ingest.max_event_bytes, self._clock)
+        except envelope.BadEvent as bad:
+            self._reject(bad, message.waiter)
+            return
+        message.waiter.id = event.id
+        self._hand_over([Accepted(event, message.waiter)], event.cost)
 
     def _wait(self, poller: zmq.Poller) -> dict:
         """Poll up to POLL_MS, in slices, returning early when another message (stop) waits."""
@@ -418,13 +502,16 @@ class Receiver(Actor):
             return None
         return Accepted(event, reply)
 
-    def _reject(self, bad: envelope.BadEvent, reply: tuple[bytes, ...] | None) -> None:
+    def _reject(self, bad: envelope.BadEvent, reply: tuple[bytes, ...] | Waiter | None) -> None:
         metrics.EVENTS_REJECTED.labels(bad.reason).inc()
         if self._limit.allow():
-            source = "ack socket" if reply is not None else "push socket"
+            source = _SOURCES[type(reply)]
             logger.warning("rejected an event on the %s: %s", source, bad)
-        if reply is not None and self._router is not None:
-            self._send(self._router.send, reply, msgpack.packb({"ok": False, "error": str(bad)}))
+        answer = {"ok": False, "error": str(bad)}
+        if type(reply) is Waiter:
+            reply.set(answer, bad)
+        elif reply is not None and self._router is not None:
+            self._send(self._router.send, reply, msgpack.packb(answer))
 
     def _hand_over(self, items: list[Accepted], cost: int) -> None:
         """Pass the events of one poll to the sink; ``cost`` is what they cost together."""
@@ -460,6 +547,7 @@ class Receiver(Actor):
 
 
 _NAMES = {zmq.PULL: "PULL", zmq.ROUTER: "ROUTER, acked"}
+_SOURCES = {tuple: "ack socket", type(None): "push socket", Waiter: "HTTP API"}
 
 
 def _make_ipc_dir(address: str) -> None:
