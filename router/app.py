@@ -465,6 +465,8 @@ class App:
         self.channel.wake()
         if waiter.wait(self.publish_wait) is None:
             what = f"event {waiter.id}" if waiter.id else "the event"
+            log.warning("api: %s published over HTTP not journaled within %gs; answered 503",
+                        what, self.publish_wait)  # fmt: skip
             raise RouterError(
                 f"{what} was not journaled within {self.publish_wait:g}s; it may still be:"
                 " send it again with the same id (a duplicate is not delivered twice)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import ipaddress
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -135,6 +136,11 @@ class Config:
     delivery_processes: int = 2  # 0: the senders run in the daemon's own process
     attempt_log_max: int = 256 * MiB  # bytes the attempt log may take in the journal
     journal_sync: str = "full"  # full: an ack survives power loss; normal: a crash only
+    # Past one machine (SPEC §8): the journal in a PostgreSQL database several daemons share.
+    journal_backend: str = "sqlite"  # or "postgresql"
+    journal_dsn: str | None = field(default=None, repr=False)  # from dsn_file: may hold a password
+    lease: float = 15.0  # seconds a daemon owns a webhook without renewing
+    node: str = field(default_factory=socket.gethostname)  # this daemon's name in the cluster
     alerts: AlertsConfig = AlertsConfig()
     webhooks: tuple[WebhookConfig, ...] = ()  # the files' webhooks, then the API's (by name)
     # The checked `defaults:` section: API-made webhooks are built with it too.
@@ -279,6 +285,25 @@ def _alerts(f: File, top: Map, webhooks: list[tuple[File, str, Map]]) -> AlertsC
     return AlertsConfig(failing_after=failing_after, webhook=hook, email=mail)
 
 
+def _journal(f: File, top: Map) -> dict:
+    """The ``journal`` section as Config's journal_* fields; each key fits one backend."""
+    journal = top.get("journal") or Map(None)
+    backend = journal.get("backend", "sqlite")
+    only = {"sqlite": ("sync",), "postgresql": ("dsn_file", "lease")}
+    for key, at in journal.keys_at.items():
+        if key != "backend" and key not in only[backend]:
+            theirs = next(b for b, keys in only.items() if key in keys)
+            f.error(at, f"journal.{key}", f"is for backend: {theirs}, not {backend}")
+    if backend == "postgresql" and "dsn_file" not in journal.keys_at:
+        f.error(top.keys_at["journal"], "journal.dsn_file", "is required for backend: postgresql")
+    out = {"journal_backend": backend, "journal_dsn": journal.get("dsn_file")}
+    if "sync" in journal:
+        out["journal_sync"] = journal["sync"]
+    if "lease" in journal:
+        out["lease"] = journal["lease"]
+    return out
+
+
 def _read(f: File, path: str, key: str | None = None, each: Each | None = None) -> yaml.Node | None:
     """Compose one file into nodes (lines kept); syntax errors become located messages.
 
@@ -379,6 +404,7 @@ def load(path: str, env: Mapping[str, str] | None = None) -> Config:
         first.setdefault(hook.name, hook.source)
     ingest = _ingest(main, top)
     alerts = _alerts(main, top, webhooks)
+    journal = _journal(main, top)
     api = _api(main, top)
     if errors:
         raise ConfigError([text for _, _, text in sorted(errors, key=lambda e: e[:2])])
@@ -386,8 +412,8 @@ def load(path: str, env: Mapping[str, str] | None = None) -> Config:
     runtime = ("retention", "shutdown_timeout", "delivery_workers", "delivery_processes",
                "attempt_log_max")  # fmt: skip
     extra = {k: top[k] for k in runtime if k in top}
-    if "sync" in top.get("journal", {}):
-        extra["journal_sync"] = top["journal"]["sync"]
+    if "node" in top:
+        extra["node"] = top["node"]
     if "metrics" in top and top["metrics"] is None:
         extra["metrics_bind"] = None  # `metrics: null`: the whole section off
     elif "bind" in top.get("metrics", {}):
@@ -399,6 +425,7 @@ def load(path: str, env: Mapping[str, str] | None = None) -> Config:
         control_bind=top.get("control", {}).get("bind", f"ipc://{state_dir}/{CONTROL_SOCKET}"),
         webhooks=tuple(built),
         defaults=defaults,
+        **journal,
         alerts=alerts,
         **api,
         **extra,

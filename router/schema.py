@@ -24,6 +24,7 @@ from router.validators import (
     credential_name,
     credential_secrets,
     did_you_mean,
+    duration_at_least,
     env_secrets,
     field_path,
     file_secrets,
@@ -31,6 +32,7 @@ from router.validators import (
     header_value,
     host_port,
     integer,
+    node_name,
     not_a_secret,
     one_secret,
     orderable,
@@ -414,6 +416,8 @@ HEALTH = {"probe_interval": Key(_optional(_scalar(positive(parse_duration), "a d
 _BOOL = _scalar(boolean, "true or false")
 SIGNATURES = ("standard", "hmac-sha256-hex", "none")
 JOURNAL_SYNC = ("full", "normal")  # SQLite's synchronous setting for the journal's commits
+JOURNAL_BACKENDS = ("sqlite", "postgresql")
+MIN_LEASE = 1.0  # seconds; a lease is renewed every third of it
 TUNABLES = {  # the per-webhook keys `defaults:` may set
     "enabled": Key(_BOOL),
     "timeout": Key(_scalar(positive(parse_duration), "a duration")),
@@ -479,19 +483,30 @@ API = {
 }
 
 
-def _password_file(node: yaml.Node, f: File, path: str) -> str:
-    """The SMTP password, read when the config is: one line, the newline not part of it."""
-    name = _file_path(node, f, path)
-    try:
-        with open(name, encoding="utf-8") as fh:
-            password = fh.read().rstrip("\r\n")
-    except OSError as e:
-        raise _Invalid(f"cannot read the password file {name}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise _Invalid(f"the password file {name} is not UTF-8 text") from None
-    if not password:
-        raise _Invalid(f"the password file {name} is empty")
-    return password
+def _line_file(what: str) -> Check:
+    """A file holding one secret line, read when the config is; the newline is not part of it.
+
+    Never echoed: messages name the file, not what it holds.
+    """
+
+    def check(node: yaml.Node, f: File, path: str) -> str:
+        name = _file_path(node, f, path)
+        try:
+            with open(name, encoding="utf-8") as fh:
+                line = fh.read().rstrip("\r\n")
+        except OSError as e:
+            raise _Invalid(f"cannot read the {what} {name}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise _Invalid(f"the {what} {name} is not UTF-8 text") from None
+        if not line:
+            raise _Invalid(f"the {what} {name} is empty")
+        return line
+
+    return check
+
+
+_password_file = _line_file("password file")  # the SMTP password (SPEC §7)
+_dsn_file = _line_file("connection string file")  # libpq's, for the PostgreSQL journal (§8)
 
 
 ALERT_WEBHOOK = {  # where alerts go as signed events: a webhook's connection keys
@@ -512,6 +527,14 @@ ALERTS = {
     "failing_after": Key(_optional(_scalar(positive(parse_duration), "a duration"))),
     "webhook": Key(_optional(section(ALERT_WEBHOOK))),
     "email": Key(_optional(section(ALERT_EMAIL))),
+}
+
+
+JOURNAL = {
+    "sync": Key(_scalar(choice(*JOURNAL_SYNC), "a sync mode")),  # SQLite's
+    "backend": Key(_scalar(choice(*JOURNAL_BACKENDS), "a journal backend")),
+    "dsn_file": Key(_dsn_file),  # PostgreSQL's connection string, kept out of the config
+    "lease": Key(_scalar(duration_at_least(MIN_LEASE), "a duration")),
 }
 
 
@@ -584,6 +607,7 @@ TOP = {
     "delivery_workers": Key(_scalar(integer(1, 4096), "an integer")),  # a thread each
     "delivery_processes": Key(_scalar(integer(0, 64), "an integer")),  # 0: in the daemon
     "attempt_log_max": Key(_scalar(positive(parse_size), "a size")),
-    "journal": Key(section({"sync": Key(_scalar(choice(*JOURNAL_SYNC), "a sync mode"))})),
+    "node": Key(_scalar(node_name, "a node name")),  # SPEC §8; default: the host name
+    "journal": Key(section(JOURNAL)),
     "alerts": Key(_optional(section(ALERTS))),  # `alerts: null`, or none: no alerts
 }

@@ -78,6 +78,15 @@ def positive(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return positive
 
 
+def duration_at_least(least: float) -> Callable[[Any], float]:
+    def duration_at_least(v: Any) -> float:
+        if (seconds := parse_duration(v)) < least:
+            raise ValueError(f"must be at least {least:g}s")
+        return seconds
+
+    return duration_at_least
+
+
 def string(v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise ValueError("expected a non-empty string (quote numbers and true/false)")
@@ -150,6 +159,16 @@ def field_path(v: Any) -> tuple[str, tuple[str, ...]]:
 
 
 # --------------------------------------------------------------------------- names and addresses
+
+
+_NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def node_name(v: Any) -> str:
+    """A daemon's name in a cluster (SPEC §8): a host name fits."""
+    if isinstance(v, str) and _NODE.fullmatch(v):
+        return v
+    raise ValueError("expected 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-'")
 
 
 def webhook_name(v: Any) -> str:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import os
 import re
+import socket
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from router import ConfigError
+from router import ConfigError, config
 from router.config import (
     Config,
     HealthConfig,
@@ -1074,3 +1075,29 @@ def test_webhooks_with_the_same_settings_share_one_copy_of_them():
     assert c.retry == RetryConfig(attempts=4) and a.retry == RetryConfig(attempts=3)
     assert a.secrets is b.secrets
     assert a.rules[0].source is a.source
+
+
+def test_the_journal_section_takes_each_backends_own_keys_and_a_node_name(tmp_path):
+    (tmp_path / "pg.dsn").write_text("host=127.0.0.1 dbname=router password=pw-in-file\n")
+    main = tmp_path / "router.yaml"
+    main.write_text("node: router-1\njournal:\n  backend: postgresql\n  dsn_file: ./pg.dsn\n"
+                    "  lease: 5s\n")  # fmt: skip
+    cfg = config.load(str(main))
+    assert (cfg.node, cfg.journal_backend, cfg.lease) == ("router-1", "postgresql", 5.0)
+    assert cfg.journal_dsn == "host=127.0.0.1 dbname=router password=pw-in-file"
+    assert "pw-in-file" not in repr(cfg)
+    main.write_text("node: -x\njournal:\n  backend: postgresql\n  sync: full\n  lease: 500ms\n")
+    assert config.check(str(main)) == [
+        f"{main}:1: node: expected 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-'",
+        f"{main}:2: journal.dsn_file: is required for backend: postgresql",
+        f"{main}:4: journal.sync: is for backend: sqlite, not postgresql",
+        f"{main}:5: journal.lease: must be at least 1s",
+    ]
+    main.write_text("journal:\n  lease: 4s\n  dsn_file: ./nope.dsn\n")
+    errors = config.check(str(main))
+    assert errors[0] == f"{main}:2: journal.lease: is for backend: postgresql, not sqlite"
+    assert "cannot read the connection string file" in errors[1]
+    main.write_text("state_dir: ./var\n")
+    cfg = config.load(str(main))
+    assert (cfg.journal_backend, cfg.journal_dsn, cfg.lease) == ("sqlite", None, 15.0)
+    assert cfg.node == socket.gethostname()

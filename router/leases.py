@@ -1,0 +1,237 @@
+"""Leases (SPEC §8): which daemon delivers which webhook, judged by the database's clock.
+
+One row per webhook in ``leases`` (owner, epoch, expiry) and one per daemon in
+``nodes`` (its heartbeat). A ``LeaseKeeper`` thread runs a *round* every third of
+``lease``, one transaction: it heartbeats, renews the leases it holds, lets go of
+those beyond its fair share (``ceil(webhooks / live daemons)``) and takes free or
+expired ones up to that share, each take bumping the lease's epoch. A daemon whose
+heartbeat is older than ``lease`` is not counted as live, so the survivors' shares
+grow and they take its expired leases; a daemon that joins makes every share
+smaller, and the others let go of their extras for it to take.
+
+Expiries are the database's (``now()``); the daemon's own clock only measures how
+long it may trust what it holds: until the monotonic time it *sent* the last round
+that succeeded, plus ``lease``, minus ``margin``. The database's expiry is later than
+that, whatever the two clocks say. Past it, or when a round fails, every lease is
+given up at once (``on_lost``), before the next attempt goes out. ``deadline()`` is
+that time, for the senders to check before each POST: a daemon paused past its lease
+(SIGSTOP, a long GC pause, a frozen VM) wakes with attempts that no longer go out.
+
+Callbacks run on the keeper's thread: ``on_gained({webhook: epoch})`` after the
+commit that took them, ``on_lost([webhook, ...])`` before the commit that lets them
+go (the supervisors stop first, then the lease is free for another daemon).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    name text PRIMARY KEY, started_at timestamptz NOT NULL, heartbeat_at timestamptz NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (
+    webhook text PRIMARY KEY, owner text, epoch bigint NOT NULL DEFAULT 0,
+    expires_at timestamptz NOT NULL DEFAULT '-infinity');
+CREATE INDEX IF NOT EXISTS leases_by_owner ON leases (owner);
+"""
+
+_HEARTBEAT = """
+INSERT INTO nodes (name, started_at, heartbeat_at) VALUES (%s, now(), now())
+ON CONFLICT (name) DO UPDATE SET heartbeat_at = now()
+"""
+_LIVE = "SELECT count(*) FROM nodes WHERE heartbeat_at > now() - make_interval(secs => %s)"
+_ADD = "INSERT INTO leases (webhook) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING"
+_RENEW = """
+UPDATE leases SET expires_at = now() + make_interval(secs => %s)
+WHERE owner = %s AND webhook = ANY(%s) RETURNING webhook, epoch
+"""
+_RELEASE = """
+UPDATE leases SET owner = NULL, expires_at = '-infinity'
+WHERE owner = %s AND webhook = ANY(%s)
+"""
+_TAKE = """
+UPDATE leases SET owner = %s, epoch = epoch + 1, expires_at = now() + make_interval(secs => %s)
+WHERE webhook IN (
+    SELECT webhook FROM leases
+    WHERE webhook = ANY(%s) AND (owner IS NULL OR expires_at < now())
+    ORDER BY webhook LIMIT %s FOR UPDATE SKIP LOCKED)
+RETURNING webhook, epoch
+"""
+_OWNERS = "SELECT webhook, owner FROM leases WHERE expires_at > now() AND webhook = ANY(%s)"
+
+Gained = Callable[[dict[str, int]], None]
+Lost = Callable[[list[str]], None]
+
+
+def fair_share(webhooks: int, live: int) -> int:
+    """How many leases one of ``live`` daemons holds at most."""
+    return math.ceil(webhooks / max(live, 1))
+
+
+class LeaseKeeper:
+    """This daemon's leases: a thread of its own renews, takes and gives them up."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        node: str,
+        lease: float,
+        on_gained: Gained,
+        on_lost: Lost,
+        monotonic: Callable[[], float] = time.monotonic,
+    ):
+        self.node = node
+        self.lease = lease
+        self.margin = lease / 5  # trust a lease that long less than the database holds it
+        self.period = lease / 3  # a round this often: two may fail before a lease runs out
+        self._connect = connect
+        self._conn: Any = None
+        self._on_gained, self._on_lost = on_gained, on_lost
+        self._monotonic = monotonic
+        self._lock = threading.Lock()  # the webhooks wanted, changed by reloads
+        self._wanted: tuple[str, ...] = ()
+        self._added: set[str] = set()  # rows known to exist in ``leases``
+        self.held: dict[str, int] = {}  # webhook -> epoch; the keeper's thread writes it
+        self._trusted_until = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ for the daemon
+
+    def want(self, webhooks: Iterable[str]) -> None:
+        """The webhooks the config has now; the next round acts on them."""
+        with self._lock:
+            self._wanted = tuple(sorted(set(webhooks)))
+
+    def deadline(self) -> float:
+        """Until when (monotonic) the leases held may be trusted; 0 when none is."""
+        return self._trusted_until
+
+    def epoch(self, webhook: str) -> int | None:
+        return self.held.get(webhook)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="leases", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Give every lease up, so that others take them now rather than after ``lease``."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._give_up(list(self.held), release=True)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def owners(self, webhooks: Iterable[str]) -> dict[str, str]:
+        """Who holds each webhook's unexpired lease, by the database (others: no owner)."""
+        with self._connect() as conn:
+            rows = conn.execute(_OWNERS, (list(webhooks),)).fetchall()
+        return dict(rows)
+
+    # ------------------------------------------------------------------ the rounds
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.step()
+            self._wait()
+
+    def step(self) -> bool:
+        """One round; when it fails (the database is gone, slow or refusing), every lease
+        is given up at once. True when the round succeeded."""
+        try:
+            self.round()
+            return True
+        except Exception as e:
+            log.error("leases: the round failed (%s); giving up every lease", _reason(e))
+            self._give_up(list(self.held), release=False)
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            return False
+
+    def _wait(self) -> None:
+        """Sleep until the next round, waking to give up leases no longer trusted."""
+        next_round = self._monotonic() + self.period
+        while not self._stop.is_set():
+            self.check()
+            now = self._monotonic()
+            if now >= next_round:
+                return
+            until = min(next_round, self._trusted_until) if self.held else next_round
+            self._stop.wait(max(0.0, until - now))
+
+    def check(self) -> None:
+        """Give up every lease if the last successful round is too long ago to trust them."""
+        if self.held and self._monotonic() >= self._trusted_until:
+            log.error("leases: no successful round since the leases ran out; giving them up")
+            self._give_up(list(self.held), release=False)
+
+    def round(self) -> None:
+        """One transaction: heartbeat, renew, let go beyond the fair share, take up to it."""
+        if self._conn is None:
+            self._conn = self._connect()
+        conn = self._conn
+        sent = self._monotonic()
+        with self._lock:
+            wanted = self._wanted
+        with conn.transaction():
+            conn.execute(_HEARTBEAT, (self.node,))
+            if new := [w for w in wanted if w not in self._added]:
+                conn.execute(_ADD, (new,))
+            (live,) = conn.execute(_LIVE, (self.lease,)).fetchone()
+            renewed = dict(
+                conn.execute(_RENEW, (self.lease, self.node, list(self.held))).fetchall()
+            )
+            lost = [w for w, epoch in self.held.items() if renewed.get(w) != epoch]
+            if lost:
+                log.warning("leases: lost %d to other daemons: %s", len(lost), _some(lost))
+            wanted_set = set(wanted)
+            share = fair_share(len(wanted), live)
+            keep = sorted(w for w in renewed if w in wanted_set and w not in lost)
+            let_go = [w for w in renewed if w not in wanted_set] + keep[share:]
+            self._give_up(lost + let_go, release=False)
+            if let_go:
+                conn.execute(_RELEASE, (self.node, let_go))
+            taken: dict[str, int] = {}
+            if (need := share - len(keep[:share])) > 0:
+                rows = conn.execute(_TAKE, (self.node, self.lease, list(wanted), need)).fetchall()
+                taken = dict(rows)
+        self._added.update(new)
+        self._trusted_until = sent + self.lease - self.margin
+        if taken:
+            self.held.update(taken)
+            log.info("leases: took %d: %s", len(taken), _some(sorted(taken)))
+            self._on_gained(taken)
+
+    def _give_up(self, webhooks: list[str], release: bool) -> None:
+        """Stop delivering ``webhooks`` now; with ``release``, free their leases too."""
+        gone = [w for w in webhooks if self.held.pop(w, None) is not None]
+        if not gone:
+            return
+        self._on_lost(gone)
+        if release:
+            try:
+                with self._connect() as conn:
+                    conn.execute(_RELEASE, (self.node, gone))
+            except Exception as e:  # they expire after `lease` instead
+                log.warning("leases: could not release %d leases (%s)", len(gone), _reason(e))
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _reason(e: BaseException) -> str:
+    """One line about a database error, without the connection string."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__

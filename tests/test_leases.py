@@ -1,0 +1,143 @@
+"""Leases against a real PostgreSQL server: fair shares, expiry by the database's clock,
+epochs, trust measured on this daemon's monotonic clock, giving up on any doubt."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from router.leases import SCHEMA, LeaseKeeper, fair_share
+from tests.integration.conftest import wait_until
+
+HOOKS = ["a", "b", "c", "d", "e"]
+
+
+class Events:
+    """What a keeper told the daemon, in order."""
+
+    def __init__(self) -> None:
+        self.gained: list[dict[str, int]] = []
+        self.lost: list[list[str]] = []
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def keepers(pg_dsn):
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+    made = []
+
+    def make(node: str, lease: float = 30.0, clock=None, dsn: str = pg_dsn) -> tuple:
+        seen = Events()
+        k = LeaseKeeper(lambda: psycopg.connect(dsn, autocommit=True), node, lease,
+                        seen.gained.append, seen.lost.append,
+                        **({"monotonic": clock} if clock else {}))  # fmt: skip
+        k.want(HOOKS)
+        made.append(k)
+        return k, seen
+
+    yield make
+    for k in made:
+        k.stop()
+
+
+def _owners(dsn: str) -> dict[str, tuple[str | None, int]]:
+    with psycopg.connect(dsn) as conn:
+        return {w: (o, e) for w, o, e in conn.execute("SELECT webhook, owner, epoch FROM leases")}
+
+
+def test_fair_share_rounds_up():
+    assert [fair_share(5, n) for n in (0, 1, 2, 3, 5, 9)] == [5, 5, 3, 2, 1, 1]
+
+
+def test_one_daemon_alone_takes_every_webhook_with_epoch_one(keepers, pg_dsn):
+    k, seen = keepers("n1")
+    k.round()
+    assert seen.gained == [dict.fromkeys(HOOKS, 1)]
+    assert _owners(pg_dsn) == {w: ("n1", 1) for w in HOOKS}
+    k.round()  # a renewal takes nothing new and loses nothing
+    assert len(seen.gained) == 1 and seen.lost == []
+
+
+def test_a_joining_daemon_gets_a_fair_share_and_the_first_lets_go_of_its_extras(keepers, pg_dsn):
+    k1, seen1 = keepers("n1")
+    k1.round()
+    k2, seen2 = keepers("n2")
+    k2.round()  # n2 is live now, but n1 still holds everything
+    assert seen2.gained == []
+    k1.round()  # n1's share is 3 of 5: it lets go of d and e, after its supervisors stopped
+    assert seen1.lost == [["d", "e"]]
+    k2.round()
+    assert seen2.gained == [{"d": 2, "e": 2}]  # a new epoch for each
+    owners = _owners(pg_dsn)
+    assert sorted(w for w, (o, _) in owners.items() if o == "n1") == ["a", "b", "c"]
+    assert sorted(w for w, (o, _) in owners.items() if o == "n2") == ["d", "e"]
+
+
+def test_a_lease_not_renewed_expires_by_the_database_clock_and_moves_with_a_new_epoch(
+    keepers, pg_dsn
+):
+    k1, seen1 = keepers("n1", lease=1.0)
+    k1.round()
+    k2, seen2 = keepers("n2", lease=1.0)
+
+    def taken() -> bool:  # n1 has stopped renewing (it is paused); n1's heartbeat ages out too
+        k2.round()
+        return sum(len(g) for g in seen2.gained) == len(HOOKS)
+
+    wait_until(taken, timeout=20, what="n2 to take every lease after n1's expired")
+    assert _owners(pg_dsn) == {w: ("n2", 2) for w in HOOKS}
+    k1.round()  # n1 wakes: its renewals match nothing; it stops every supervisor
+    assert seen1.lost == [sorted(HOOKS)]
+    assert k1.held == {}
+
+
+def test_trust_ends_at_the_last_rounds_send_time_plus_lease_minus_margin(keepers):
+    clock = Clock()
+    k, seen = keepers("n1", lease=10.0, clock=clock)
+    k.round()
+    assert k.deadline() == 1000.0 + 10.0 - k.margin
+    clock.now = k.deadline() - 0.001
+    k.check()
+    assert seen.lost == []
+    clock.now = k.deadline()  # paused, or the rounds stalled: stop before the next POST
+    k.check()
+    assert seen.lost == [HOOKS] and k.held == {}
+
+
+def test_a_failed_round_gives_up_every_lease_at_once(keepers, caplog):
+    k, seen = keepers("n1")
+    assert k.step()
+    k._conn.close()  # the database went away; so does every new connection
+    dsn = "host=127.0.0.1 port=1 dbname=none user=router password=pw-f00 connect_timeout=2"
+    k._connect = lambda: psycopg.connect(dsn)
+    assert not k.step()
+    assert seen.lost == [HOOKS] and k.held == {}
+    assert "the round failed (OperationalError" in caplog.text
+    assert "pw-f00" not in caplog.text
+
+
+def test_stop_releases_the_leases_so_another_daemon_takes_them_at_once(keepers, pg_dsn):
+    k1, _ = keepers("n1")
+    k1.round()
+    k1.stop()
+    assert _owners(pg_dsn) == {w: (None, 1) for w in HOOKS}
+    k2, seen2 = keepers("n2")
+    k2.round()  # n1's heartbeat is still fresh: n2 counts two live daemons, takes its share
+    assert seen2.gained == [{"a": 2, "b": 2, "c": 2}]
+
+
+def test_a_webhook_removed_from_the_config_is_given_up_and_released(keepers, pg_dsn):
+    k, seen = keepers("n1")
+    k.round()
+    k.want(["a", "b"])
+    k.round()
+    assert seen.lost == [["c", "d", "e"]]
+    assert k.owners(HOOKS) == {"a": "n1", "b": "n1"}
