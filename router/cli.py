@@ -31,6 +31,7 @@ DEFAULT_CONFIG = "/etc/webhook-router/router.yaml"
 CONFIG_ENV = "WEBHOOK_ROUTER_CONFIG"
 CONTROL_TIMEOUTS = {"status": 30.0, "enable": 60.0}  # seconds; other commands wait 10
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+REPLAY_POLL = 0.25  # seconds between looks at a replay's progress
 
 
 class Fail(Exception):
@@ -329,8 +330,74 @@ def cmd_replay(args: argparse.Namespace) -> int:
     cargs = {"name": args.name, "since": args.since, "until": args.until, "event": args.event,
              "failed_only": args.failed}  # fmt: skip
     result = _ask(args, "replay", cargs)
-    print(f"{result.get('webhook')}: {result.get('requeued')} deliveries requeued")
+    name, replay = result.get("webhook"), result.get("replay")
+    if args.no_wait or replay is None:  # None: nothing was queued again
+        print(f"{name}: {result.get('requeued')} deliveries requeued")
+        return 0
+    return _follow(args, name, replay)
+
+
+def _follow(args: argparse.Namespace, name: str, replay: str) -> int:
+    """Watch the replay named ``replay`` until none of its deliveries is left, then sum up.
+
+    On a terminal with a progress bar; Ctrl-C stops the watching, never the replay.
+    """
+    counted: dict = {}
+    try:
+        _watch(args, name, replay, counted)
+    except KeyboardInterrupt:
+        print(f"{name}: stopped watching; the replay goes on: so far {_counts(counted)}")
+        return 130
+    print(f"{name}: {_counts(counted)}")
     return 0
+
+
+def _watch(args: argparse.Namespace, name: str, replay: str, counted: dict) -> None:
+    """Poll the webhook's status into ``counted`` until the replay has nothing left.
+
+    A disabled webhook holds the rest, and a router that lost the count (restarted)
+    has nothing more to tell: both end the watch with what was counted so far.
+    """
+    bar = None
+    try:
+        while True:
+            w = _ask(args, "webhook", {"name": name})
+            now = w.get("replay") or {}
+            if now.get("at") != replay:
+                raise Fail(1, f"{name}: the router no longer counts this replay (restarted?); "
+                           f"so far {_counts(counted)}; `status` shows the queue")  # fmt: skip
+            counted.update(now)
+            if bar is None and sys.stdout.isatty():
+                from tqdm import tqdm
+
+                bar = tqdm(desc=name, unit=" deliveries", file=sys.stdout, dynamic_ncols=True)
+            if bar is not None:
+                bar.total = now["backlog"]
+                bar.n = now["backlog"] - now["remaining"]
+                bar.set_postfix(delivered=now["delivered"], failed=now["failed"])
+            if now["remaining"] == 0:
+                return
+            if w.get("state") == "disabled":
+                why = w.get("disabled_reason") or "by hand"
+                why += f", last error: {w['last_error']}" if w.get("last_error") else ""
+                raise Fail(1, f"{name} is disabled ({why}), holding the rest: {_counts(now)}; "
+                           f"`webhook-router enable {name}` sends them")  # fmt: skip
+            time.sleep(REPLAY_POLL)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _counts(replay: dict) -> str:
+    """The summary: the replay's own deliveries, and those it waited behind."""
+    if not replay:
+        return "nothing counted"
+    text = f"{replay['queued']} queued, {replay['delivered']} delivered, {replay['failed']} failed"
+    if replay["backlog"] > replay["queued"]:
+        text += f" (counting {replay['backlog'] - replay['queued']} that were already waiting)"
+    if replay["remaining"]:
+        text += f", {replay['remaining']} to go"
+    return text
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -494,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--event", metavar="ID", help="only this event")
     p.add_argument("--failed", action="store_true", help="only deliveries that used up attempts")
+    p.add_argument(
+        "--no-wait", action="store_true", help="return once queued (default: wait, then sum up)"
+    )
     p.set_defaults(func=cmd_replay)
     p = sub.add_parser("reload", parents=[ctl], help="re-read the config file (like SIGHUP)")
     p.set_defaults(func=cmd_reload)

@@ -83,6 +83,11 @@ COMMANDS: dict[str, tuple[frozenset[str], Callable[[Any, dict], Any]]] = {
         ),
     ),
     "reload": (frozenset(), lambda app, a: app.reload()),
+    # one webhook's part of ``status`` (``replay`` follows its progress there)
+    "webhook": (
+        frozenset({"name"}),
+        lambda app, a: app._snapshots([app.dispatcher.get(_name(a))])[0],
+    ),
     "attempts": (
         frozenset({"name", "limit", "failed", "event"}),
         lambda app, a: app.attempts(_name(a), _limit(a), _flag(a, "failed"), _event(a)),

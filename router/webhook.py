@@ -35,6 +35,7 @@ from router.messages import (
     EXHAUSTED,
     PENDING,
     Alert,
+    AlertState,
     Attempt,
     AttemptResult,
     Delivery,
@@ -117,6 +118,42 @@ class Restored:
     queued: int = 0
 
 
+@dataclass(slots=True)
+class ReplayProgress:
+    """How the last replay is doing, for ``replay`` to show (``snapshot()["replay"]``).
+
+    It follows the webhook's backlog at the replay: the deliveries it queued again and
+    those already waiting. All of them are older than any delivery enqueued after it
+    (``before``, its seq), so a result belongs to it when its seq is below: one
+    comparison per result, and no memory per delivery.
+    """
+
+    at: float  # when the journal answered; names this replay to whoever follows it
+    queued: int  # queued again by the replay
+    backlog: int  # pending just after it, the ones it queued included
+    before: int | None = None  # seq of the first delivery enqueued after it; None: none yet
+    delivered: int = 0
+    failed: int = 0  # used up their attempts
+
+    @property
+    def running(self) -> bool:
+        return self.delivered + self.failed < self.backlog
+
+    def finished(self, seq: int, delivered: bool) -> None:
+        """A delivery of ``seq`` is done or used up its attempts; once all are, counts stop."""
+        if (self.before is None or seq < self.before) and self.running:
+            if delivered:
+                self.delivered += 1
+            else:
+                self.failed += 1
+
+    def view(self, pending: int) -> dict:
+        """``remaining`` never exceeds what is pending, whatever left the journal meanwhile."""
+        left = max(0, min(self.backlog - self.delivered - self.failed, pending))
+        return {"at": iso(self.at), "queued": self.queued, "backlog": self.backlog,
+                "delivered": self.delivered, "failed": self.failed, "remaining": left}  # fmt: skip
+
+
 class WebhookCore:
     """The state of one webhook and the rules that move it. No threads, no I/O."""
 
@@ -126,7 +163,7 @@ class WebhookCore:
                  "held_bytes", "high", "idle_since", "in_flight", "last_hour", "latencies",
                  "loading", "max_spilled", "new_id", "next_cost", "pending_total", "probe",
                  "probe_at", "probe_waiters", "queue_limit", "rand", "ready", "replay_waiter",
-                 "reserved", "spilled", "state", "tokens", "tokens_at", "waiting",
+                 "replayed", "reserved", "spilled", "state", "tokens", "tokens_at", "waiting",
                  "wake_at")  # fmt: skip
 
     def __init__(
@@ -175,6 +212,7 @@ class WebhookCore:
                 self.spilled = True
                 break
         self.replay_waiter: Callable[[dict], None] | None = None
+        self.replayed: ReplayProgress | None = None  # the last replay's, once there was one
         if not config.enabled and self.state.state != "disabled":
             self.state = retry.disabled(self.state, "config")
         elif config.enabled and self.state.disabled_reason == "config":
@@ -184,6 +222,8 @@ class WebhookCore:
 
     def enqueue(self, deliveries: tuple[Delivery, ...], now: float) -> list:
         self.pending_total += len(deliveries)
+        if self.replayed is not None and self.replayed.before is None and deliveries:
+            self.replayed.before = deliveries[0].seq  # newer than all the replay follows
         for d in deliveries:
             if self.spilled or not self._admit(d, now):
                 self.spilled = True  # from here on, in seq order, the journal holds them
@@ -245,8 +285,14 @@ class WebhookCore:
         n = loaded.revived
         self.pending_total += n
         log.info("webhook %s: %d deliveries queued again", self.config.name, n)
+        replay = None  # a replay that queued nothing leaves the last one's count be
+        if self.replay_waiter is not None and n:
+            replay = self.replayed = ReplayProgress(now, n, self.pending_total)
+        elif self.replayed is not None and self.replayed.running:  # an enable's flush joins it
+            self.replayed.backlog += n
         if self.replay_waiter is not None:
-            self.replay_waiter({"webhook": self.config.name, "requeued": n})
+            at = replay and iso(replay.at)
+            self.replay_waiter({"webhook": self.config.name, "requeued": n, "replay": at})
             self.replay_waiter = None
         return self._resync(now)
 
@@ -271,9 +317,11 @@ class WebhookCore:
             self._release(d)
             self.pending_total -= 1
             self.state = retry.succeeded(self.state, now)
-            if self.state.failing_since is not None:  # a success costs this test, no more
+            if self.state.alerts.failing_since is not None:  # a success costs this test, no more
                 effects += self._working(now, "delivered")
             self._count(metrics.DELIVERIES, "delivered")
+            if self.replayed is not None:
+                self.replayed.finished(r.seq, delivered=True)
             effects.append(Record(Outcome(name, r.seq, r, DONE)))
         elif isinstance(decision, retry.RetryAt):
             self.state = self._failed(r)
@@ -287,6 +335,8 @@ class WebhookCore:
             self._release(d)
             self.pending_total -= 1
             self._count(metrics.DELIVERIES, "exhausted")
+            if self.replayed is not None:
+                self.replayed.finished(r.seq, delivered=False)
             effects.append(Record(Outcome(name, r.seq, r, EXHAUSTED)))
             if decision.reason == "undeliverable":
                 self.state = replace(self._failed(r), failed=self.state.failed + 1)
@@ -325,8 +375,8 @@ class WebhookCore:
         if r.router_fault:
             return replace(self.state, last_error=r.error)
         state = retry.failed_attempt(self.state, r.error or "failed")
-        if state.failing_since is None:  # the first of a run of failed attempts
-            state = replace(state, failing_since=r.started_at)
+        if state.alerts.failing_since is None:  # the first of a run of failed attempts
+            state = replace(state, alerts=replace(state.alerts, failing_since=r.started_at))
         return state
 
     def enable(self, now: float, waiter: Callable[[dict], None] | None) -> list:
@@ -662,8 +712,8 @@ class WebhookCore:
         Once per run of failures: the run ends with a success, or an enable after a
         disabling. Until it is due, a wake-up at the moment it will be.
         """
-        s = self.state
-        if after is None or s.failing_since is None or s.state != "failing":
+        s = self.state.alerts
+        if after is None or s.failing_since is None or self.state.state != "failing":
             return []
         if s.last_alert == "failing":
             return []  # told already; the state says so across a restart too
@@ -679,19 +729,18 @@ class WebhookCore:
 
         ``webhook.recovered`` goes to whoever heard it was failing or disabled.
         """
-        s = self.state
-        if s.state == "disabled":  # a late success while disabled: the trouble goes on
+        if self.state.state == "disabled":  # a late success while disabled: the trouble goes on
             return []
-        told = s.last_alert in ("failing", "disabled")
+        told = self.state.alerts.last_alert in ("failing", "disabled")
         alert = [self._alert("recovered", how, now)] if told else []
-        self.state = replace(self.state, failing_since=None)
+        self.state = replace(self.state, alerts=replace(self.state.alerts, failing_since=None))
         return alert
 
     def _alert(self, kind: str, reason: str, now: float | None) -> Notify:
         """The alert of one state change, remembered in the state (saved with it)."""
-        s = self.state
-        since = s.failing_since if s.failing_since is not None else now
-        self.state = replace(s, last_alert=kind, last_alert_at=now)
+        s, told = self.state, self.state.alerts
+        since = told.failing_since if told.failing_since is not None else now
+        self.state = replace(s, alerts=AlertState(told.failing_since, kind, now))
         return Notify(
             Alert(kind, self.config.name, _public_url(self.config.url), reason, s.last_error,
                   since, self._queued(), now, self.config.alert_email)
@@ -743,15 +792,20 @@ class WebhookCore:
             "consecutive_failures": s.consecutive_failures,
             "last_success": iso(s.last_success),
             "last_error": s.last_error,
-            "failing_since": iso(s.failing_since),
-            "last_alert": s.last_alert and {"kind": s.last_alert, "at": iso(s.last_alert_at)},
+            "failing_since": iso(s.alerts.failing_since),
+            "last_alert": _last_alert(s.alerts),
             "latency_ms": {"p50": pct(0.5), "p99": pct(0.99)},
+            "replay": self.replayed and self.replayed.view(self.pending_total),
         }
-
 
     def _queued(self) -> int:
         """Deliveries waiting, held ones included (SPEC §5's ``queued``)."""
         return max(0, self.pending_total - len(self.in_flight))
+
+
+def _last_alert(alerts: AlertState) -> dict | None:
+    """``{"kind", "at"}`` of the newest alert raised, for ``status``."""
+    return alerts.last_alert and {"kind": alerts.last_alert, "at": iso(alerts.last_alert_at)}
 
 
 def _public_url(url: str) -> str:

@@ -548,3 +548,109 @@ def test_run_logs_with_iso_timestamps_elsewhere(capsys, monkeypatch, root_logger
     stamp, rest = capsys.readouterr().err.split(" ", 1)
     assert rest == "DEBUG router.x: hello\n"
     assert abs(datetime.fromisoformat(stamp).timestamp() - time.time()) < 60
+
+
+AT = "2026-11-27T16:38:33.123Z"  # names the replay the fake router counts
+
+
+class ReplayingApp(FakeApp):
+    """Replays 3 deliveries; each look at the webhook shows the next of ``views``."""
+
+    def __init__(self, *views: dict | None, state: str = "active"):
+        super().__init__()
+        self.views, self.state = list(views), state
+        self.dispatcher = self  # App.dispatcher.get(name) finds the webhook's handle
+
+    def replay(self, name, since, failed_only, until=None, event=None) -> dict:
+        super().replay(name, since, failed_only, until, event)
+        return {"webhook": name, "requeued": 3, "replay": AT}
+
+    def get(self, name: str) -> str:
+        self._known(name)
+        return name
+
+    def _snapshots(self, handles: list) -> list[dict]:
+        self.calls.append(("webhook", *handles))
+        view = self.views.pop(0) if len(self.views) > 1 else self.views[0]
+        return [{"name": "crm-sync", "state": self.state, "disabled_reason": "exhausted",
+                 "last_error": "HTTP 503", "replay": view}]  # fmt: skip
+
+
+def progress(delivered: int, failed: int = 0, backlog: int = 3, at: str = AT) -> dict:
+    remaining = backlog - delivered - failed
+    return {"at": at, "queued": 3, "backlog": backlog, "delivered": delivered, "failed": failed,
+            "remaining": remaining}  # fmt: skip
+
+
+@pytest.fixture
+def quick(monkeypatch):
+    monkeypatch.setattr("router.cli.REPLAY_POLL", 0.01)
+
+
+def _serve(tmp_path, app):
+    srv = ControlServer(f"ipc://{tmp_path}/state/control.sock", app)
+    srv.start()
+    return srv
+
+
+def test_replay_not_on_a_terminal_waits_for_its_deliveries_and_prints_one_summary_line(
+    capsys, tmp_path, config, quick
+):
+    app = ReplayingApp(progress(0), progress(1), progress(2, 1))
+    srv = _serve(tmp_path, app)
+    try:
+        code, out, err = run(capsys, "replay", "crm-sync", "-c", config)
+    finally:
+        srv.stop()
+    assert (code, out, err) == (0, "crm-sync: 3 queued, 2 delivered, 1 failed\n", "")
+    assert [c for c in app.calls if c[0] == "webhook"] == [("webhook", "crm-sync")] * 3
+
+
+def test_replay_summary_counts_the_deliveries_that_were_waiting_before_it(
+    capsys, tmp_path, config, quick
+):
+    srv = _serve(tmp_path, ReplayingApp(progress(5, backlog=5)))
+    try:
+        code, out, _ = run(capsys, "replay", "crm-sync", "-c", config)
+    finally:
+        srv.stop()
+    assert (code, out) == (
+        0, "crm-sync: 3 queued, 5 delivered, 0 failed (counting 2 that were already waiting)\n"
+    )  # fmt: skip
+
+
+def test_replay_no_wait_returns_once_queued(capsys, tmp_path, config):
+    app = ReplayingApp(progress(0))
+    srv = _serve(tmp_path, app)
+    try:
+        code, out, _ = run(capsys, "replay", "crm-sync", "--no-wait", "-c", config)
+    finally:
+        srv.stop()
+    assert (code, out) == (0, "crm-sync: 3 deliveries requeued\n")
+    assert [c for c in app.calls if c[0] == "webhook"] == []
+
+
+def test_replay_stops_waiting_when_the_webhook_is_disabled_and_says_how_to_go_on(
+    capsys, tmp_path, config, quick
+):
+    srv = _serve(tmp_path, ReplayingApp(progress(1), state="disabled"))
+    try:
+        code, out, err = run(capsys, "replay", "crm-sync", "-c", config)
+    finally:
+        srv.stop()
+    assert (code, out) == (1, "")
+    assert err == (
+        "error: crm-sync is disabled (exhausted, last error: HTTP 503), holding the rest: "
+        "3 queued, 1 delivered, 0 failed, 2 to go; `webhook-router enable crm-sync` sends them\n"
+    )
+
+
+def test_replay_stops_waiting_when_the_router_no_longer_counts_it(capsys, tmp_path, config, quick):
+    srv = _serve(tmp_path, ReplayingApp(progress(1), None))  # e.g. restarted meanwhile
+    try:
+        code, _, err = run(capsys, "replay", "crm-sync", "-c", config)
+    finally:
+        srv.stop()
+    assert code == 1
+    assert err.startswith("error: crm-sync: the router no longer counts this replay (restarted?)")
+    assert "so far 3 queued, 1 delivered, 0 failed, 2 to go" in err

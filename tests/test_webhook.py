@@ -407,3 +407,45 @@ def test_an_attempt_that_failed_through_the_routers_fault_leaves_health_alone():
     assert c.state.state == "active" and c.snapshot()["health"] == "HEALTHY"
     assert c.snapshot()["failed"] == 1
     assert c.state.last_error == "internal error: cannot build"
+
+
+def _replayed(c: WebhookCore, n: int, now: float) -> tuple[list[dict], list]:
+    """The core asks for a replay and the journal answers that ``n`` are pending again."""
+    answers: list[dict] = []
+    (requeue,) = c.replay(None, False, answers.append)
+    return answers, c.revived(requeue.generation, Loaded("w", (), 0, None, revived=n), now)
+
+
+def test_a_replay_counts_its_deliveries_and_those_waiting_but_none_enqueued_after_it():
+    c = core(retry=RetryConfig(1, (10.0,)))
+    c.enqueue((d(1), d(2)), 0.0)
+    c.result(res(1, ok=True, status=200), 1.0)  # 1 delivered, 2 still in flight
+    answers, effects = _replayed(c, 1, 5.0)  # 1 is pending again
+    assert answers == [{"webhook": "w", "requeued": 1, "replay": "1970-01-01T00:00:05.000Z"}]
+    view = {"at": "1970-01-01T00:00:05.000Z", "queued": 1, "backlog": 2}
+    assert c.snapshot()["replay"] == {**view, "delivered": 0, "failed": 0, "remaining": 2}
+    c.enqueue((d(3),), 6.0)  # after the replay: not part of it
+    (load,) = [e for e in effects if isinstance(e, Load)]
+    effects = c.loaded(load.generation, Loaded("w", (d(1), d(2), d(3)), 0, load.limit), 6.0)
+    assert sorted(sent(effects)) == [(1, 1), (3, 1)]
+    c.result(res(3, ok=True, status=200), 7.0)
+    c.result(res(2, ok=True, status=200), 7.0)
+    assert c.snapshot()["replay"] == {**view, "delivered": 1, "failed": 0, "remaining": 1}
+    c.result(res(1, status=500), 8.0)  # its one attempt used up
+    assert c.snapshot()["replay"] == {**view, "delivered": 1, "failed": 1, "remaining": 0}
+    assert c.snapshot()["delivered"] == 3  # the webhook's own count goes on as before
+
+
+def test_a_replay_that_queues_nothing_leaves_the_last_ones_count_and_says_so():
+    c = core()
+    c.enqueue((d(1),), 0.0)
+    c.result(res(1, ok=True, status=200), 1.0)
+    _replayed(c, 1, 5.0)
+    before = c.snapshot()["replay"]
+    answers, _ = _replayed(c, 0, 6.0)  # the same replay again: already queued
+    assert answers == [{"webhook": "w", "requeued": 0, "replay": None}]
+    assert c.snapshot()["replay"] == before
+
+
+def test_a_webhook_never_replayed_shows_no_replay():
+    assert core().snapshot()["replay"] is None

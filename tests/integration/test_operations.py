@@ -1,8 +1,17 @@
 """What an operator touches on the running daemon: a full disk, metrics, replay, attempts."""
 
+import fcntl
 import json
+import os
+import pty
 import resource
+import signal
 import socket
+import struct
+import subprocess
+import sys
+import termios
+import threading
 import urllib.request
 from datetime import UTC, datetime
 
@@ -143,7 +152,7 @@ def test_replay_until_a_time_or_of_one_event_sends_each_once_more_and_repeats_ad
         wait_until(lambda: d.webhook("r")["delivered"] == 3, what="delivery 3")
 
         def replay(*flags: str) -> str:
-            proc = d.cli("replay", "r", *flags)
+            proc = d.cli("replay", "r", "--no-wait", *flags)  # what it queued, without waiting
             assert proc.returncode == 0, proc.stderr
             return proc.stdout.strip()
 
@@ -164,3 +173,97 @@ def test_replay_until_a_time_or_of_one_event_sends_each_once_more_and_repeats_ad
         for gate in hooks.gates.values():
             gate.set()
         hooks.close()
+
+
+class Terminal:
+    """The CLI run on a pseudo-terminal 100 columns wide, as an operator would run it."""
+
+    def __init__(self, d, *args: str):
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "router", *args, "-c", str(d.config_path)],
+            stdin=slave, stdout=slave, stderr=slave, cwd=d.tmp,
+        )  # fmt: skip
+        os.close(slave)
+        self.master, self.chunks = master, []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:  # EIO: the CLI exited and closed the terminal
+                break
+            if not chunk:
+                break
+            self.chunks.append(chunk)
+
+    def screen(self) -> str:
+        return b"".join(self.chunks).decode(errors="replace")
+
+    def wait(self) -> int:
+        code = self.proc.wait(timeout=60)
+        self.reader.join(timeout=10)
+        os.close(self.master)
+        return code
+
+
+def _delivered_once(d, hooks, path: str, n: int) -> None:
+    for i in range(n):
+        d.send({"type": "T", "id": f"e{i}"})
+    wait_until(lambda: d.webhook(path.strip("/"))["delivered"] == n, what=f"{n} deliveries")
+
+
+def test_replay_on_a_terminal_shows_a_progress_bar_and_ends_with_a_summary(daemon_factory):
+    hooks = GatedHooks()
+    try:
+        d = daemon_factory([{"name": "p", "url": hooks.url("/p"), "max_in_flight": 1}]).start()
+        _delivered_once(d, hooks, "/p", 20)
+        gate = hooks.hold("/p")  # the replay's first attempt waits here
+        term = Terminal(d, "replay", "p")
+        wait_until(lambda: "0/20" in term.screen(), what="the bar at 0 of 20")
+        assert term.proc.poll() is None  # waiting for the deliveries
+        gate.set()
+        assert term.wait() == 0, term.screen()
+        screen = term.screen()
+        assert "100%|" in screen and "20/20" in screen and "delivered=20" in screen, screen
+        assert screen.rstrip().splitlines()[-1] == "p: 20 queued, 20 delivered, 0 failed"
+        ids = hooks.ids("/p")
+        assert {eid: ids.count(eid) for eid in set(ids)} == {f"e{i}": 2 for i in range(20)}
+    finally:
+        for gate in hooks.gates.values():
+            gate.set()
+        hooks.close()
+
+
+def test_ctrl_c_stops_watching_a_replay_and_the_replay_goes_on(daemon_factory):
+    hooks = GatedHooks()
+    try:
+        d = daemon_factory([{"name": "p", "url": hooks.url("/p"), "max_in_flight": 1}]).start()
+        _delivered_once(d, hooks, "/p", 5)
+        gate = hooks.hold("/p")
+        term = Terminal(d, "replay", "p")
+        wait_until(lambda: "0/5" in term.screen(), what="the bar at 0 of 5")
+        term.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert term.wait() == 130
+        assert "p: stopped watching; the replay goes on: so far 5 queued" in term.screen()
+        gate.set()
+        wait_until(lambda: d.webhook("p")["delivered"] == 10, what="the replay delivered")
+        assert d.webhook("p")["replay"]["remaining"] == 0
+    finally:
+        for gate in hooks.gates.values():
+            gate.set()
+        hooks.close()
+
+
+def test_replay_not_on_a_terminal_prints_only_the_summary_once_all_are_delivered(
+    hooks, daemon_factory
+):
+    d = daemon_factory([{"name": "p", "url": hooks.url("/p")}]).start()
+    _delivered_once(d, hooks, "/p", 8)
+    proc = d.cli("replay", "p")
+    assert (proc.returncode, proc.stdout) == (0, "p: 8 queued, 8 delivered, 0 failed\n")
+    assert proc.stderr == ""
+    assert sorted(hooks.ids("/p")) == sorted(f"e{i}" for i in range(8) for _ in (1, 2))
