@@ -130,6 +130,19 @@ DONE, PENDING, EXHAUSTED, CANCELLED = "done", "pending", "exhausted", "cancelled
 
 
 @dataclass(frozen=True, slots=True)
+class AlertState:
+    """What the alerts (SPEC §7) need to survive a restart, kept with a webhook's state.
+
+    A value of its own so that a success, which makes a new ``WebhookState``, copies one
+    reference for it, not three fields: the data path pays nothing for alerts.
+    """
+
+    failing_since: float | None = None  # when the failed attempts in a row began
+    last_alert: str | None = None  # the newest alert raised: "failing" | "disabled" | "recovered"
+    last_alert_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class WebhookState:
     """A webhook's persisted health and counters (what survives a restart)."""
 
@@ -140,9 +153,7 @@ class WebhookState:
     failed: int = 0
     last_success: float | None = None
     last_error: str | None = None
-    failing_since: float | None = None  # when the failed attempts in a row began
-    last_alert: str | None = None  # the newest alert raised: "failing" | "disabled" | "recovered"
-    last_alert_at: float | None = None
+    alerts: AlertState = AlertState()
 
 
 @dataclass(frozen=True, slots=True)

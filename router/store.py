@@ -23,6 +23,7 @@ from router.messages import (
     DONE,
     EXHAUSTED,
     PENDING,
+    AlertState,
     Append,
     AttemptResult,
     Committed,
@@ -323,8 +324,8 @@ def save_states(conn: sqlite3.Connection, states: list[tuple[str, WebhookState]]
     """Replace each webhook's persisted state: (webhook, state) pairs, one statement."""
     conn.executemany("INSERT OR REPLACE INTO webhooks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
         (webhook, s.state, s.disabled_reason, s.consecutive_failures,
-         s.delivered, s.failed, s.last_success, s.last_error, s.failing_since,
-         s.last_alert, s.last_alert_at)
+         s.delivered, s.failed, s.last_success, s.last_error, s.alerts.failing_since,
+         s.alerts.last_alert, s.alerts.last_alert_at)
         for webhook, s in states
     ])  # fmt: skip
 
@@ -500,7 +501,12 @@ def attempts(
 
 def saved_states(conn: sqlite3.Connection) -> dict[str, WebhookState]:
     """Every webhook's persisted state, straight from the file."""
-    return {row[0]: WebhookState(*row[1:]) for row in conn.execute("SELECT * FROM webhooks")}
+    return {row[0]: _state(row) for row in conn.execute("SELECT * FROM webhooks")}
+
+
+def _state(row: tuple) -> WebhookState:
+    """A ``webhooks`` row (name first) as the state it saved; columns 9 on are the alerts'."""
+    return WebhookState(*row[1:8], AlertState(*row[8:]))
 
 
 def one_webhook(conn: sqlite3.Connection, webhook: str) -> tuple[WebhookState, int, int, int]:
@@ -518,7 +524,7 @@ def one_webhook(conn: sqlite3.Connection, webhook: str) -> tuple[WebhookState, i
         ).fetchall()
     )
     (newest,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-    state = WebhookState(*row[1:]) if row else WebhookState()
+    state = _state(row) if row else WebhookState()
     return state, counts.get(PENDING, 0), counts.get(EXHAUSTED, 0), newest
 
 

@@ -232,7 +232,7 @@ class Supervisor(Actor):
     def _failing(self, now: float) -> None:
         """Failing long enough for ``alerts.failing_after``? The core decides; a success
         pays for one test here."""
-        if self.core.state.failing_since is not None and self.wiring.alerter is not None:
+        if self.core.state.alerts.failing_since is not None and self.wiring.alerter is not None:
             self._run(self.core.check_failing(now, self.wiring.alerter.failing_after))
 
     def _run(self, effects: list) -> None:

@@ -35,6 +35,7 @@ from router.messages import (
     EXHAUSTED,
     PENDING,
     Alert,
+    AlertState,
     Attempt,
     AttemptResult,
     Delivery,
@@ -316,7 +317,7 @@ class WebhookCore:
             self._release(d)
             self.pending_total -= 1
             self.state = retry.succeeded(self.state, now)
-            if self.state.failing_since is not None:  # a success costs this test, no more
+            if self.state.alerts.failing_since is not None:  # a success costs this test, no more
                 effects += self._working(now, "delivered")
             self._count(metrics.DELIVERIES, "delivered")
             if self.replayed is not None:
@@ -374,8 +375,8 @@ class WebhookCore:
         if r.router_fault:
             return replace(self.state, last_error=r.error)
         state = retry.failed_attempt(self.state, r.error or "failed")
-        if state.failing_since is None:  # the first of a run of failed attempts
-            state = replace(state, failing_since=r.started_at)
+        if state.alerts.failing_since is None:  # the first of a run of failed attempts
+            state = replace(state, alerts=replace(state.alerts, failing_since=r.started_at))
         return state
 
     def enable(self, now: float, waiter: Callable[[dict], None] | None) -> list:
@@ -711,8 +712,8 @@ class WebhookCore:
         Once per run of failures: the run ends with a success, or an enable after a
         disabling. Until it is due, a wake-up at the moment it will be.
         """
-        s = self.state
-        if after is None or s.failing_since is None or s.state != "failing":
+        s = self.state.alerts
+        if after is None or s.failing_since is None or self.state.state != "failing":
             return []
         if s.last_alert == "failing":
             return []  # told already; the state says so across a restart too
@@ -728,19 +729,18 @@ class WebhookCore:
 
         ``webhook.recovered`` goes to whoever heard it was failing or disabled.
         """
-        s = self.state
-        if s.state == "disabled":  # a late success while disabled: the trouble goes on
+        if self.state.state == "disabled":  # a late success while disabled: the trouble goes on
             return []
-        told = s.last_alert in ("failing", "disabled")
+        told = self.state.alerts.last_alert in ("failing", "disabled")
         alert = [self._alert("recovered", how, now)] if told else []
-        self.state = replace(self.state, failing_since=None)
+        self.state = replace(self.state, alerts=replace(self.state.alerts, failing_since=None))
         return alert
 
     def _alert(self, kind: str, reason: str, now: float | None) -> Notify:
         """The alert of one state change, remembered in the state (saved with it)."""
-        s = self.state
-        since = s.failing_since if s.failing_since is not None else now
-        self.state = replace(s, last_alert=kind, last_alert_at=now)
+        s, told = self.state, self.state.alerts
+        since = told.failing_since if told.failing_since is not None else now
+        self.state = replace(s, alerts=AlertState(told.failing_since, kind, now))
         return Notify(
             Alert(kind, self.config.name, _public_url(self.config.url), reason, s.last_error,
                   since, self._queued(), now, self.config.alert_email)
@@ -792,8 +792,8 @@ class WebhookCore:
             "consecutive_failures": s.consecutive_failures,
             "last_success": iso(s.last_success),
             "last_error": s.last_error,
-            "failing_since": iso(s.failing_since),
-            "last_alert": s.last_alert and {"kind": s.last_alert, "at": iso(s.last_alert_at)},
+            "failing_since": iso(s.alerts.failing_since),
+            "last_alert": _last_alert(s.alerts),
             "latency_ms": {"p50": pct(0.5), "p99": pct(0.99)},
             "replay": self.replayed and self.replayed.view(self.pending_total),
         }
@@ -801,6 +801,11 @@ class WebhookCore:
     def _queued(self) -> int:
         """Deliveries waiting, held ones included (SPEC §5's ``queued``)."""
         return max(0, self.pending_total - len(self.in_flight))
+
+
+def _last_alert(alerts: AlertState) -> dict | None:
+    """``{"kind", "at"}`` of the newest alert raised, for ``status``."""
+    return alerts.last_alert and {"kind": alerts.last_alert, "at": iso(alerts.last_alert_at)}
 
 
 def _public_url(url: str) -> str:

@@ -17,7 +17,15 @@ from router import alerts, config, metrics
 from router.alerts import Alerter, Channel, EmailSender, Failed, Sender, email_text
 from router.config import AlertsConfig, EmailConfig, HealthConfig, RetryConfig
 from router.journal import Journal
-from router.messages import Alert, AttemptResult, Delivery, Payload, SaveState, WebhookState
+from router.messages import (
+    Alert,
+    AlertState,
+    AttemptResult,
+    Delivery,
+    Payload,
+    SaveState,
+    WebhookState,
+)
 from router.webhook import Notify, Record, Restored, WakeAt, WebhookCore
 from tests.builders import hook
 from tests.integration.conftest import wait_until
@@ -194,7 +202,7 @@ def test_a_webhook_failing_for_failing_after_raises_one_failing_alert():
     c = webhook(retry=RetryConfig(10, (0.05,)))
     send_one(c)
     first = fail(c, 1, 1, 10.0)
-    assert notes(first) == [] and c.state.failing_since == 10.0
+    assert notes(first) == [] and c.state.alerts.failing_since == 10.0
     assert notes(fail(c, 1, 2, 10.1)) == []
     (alert,) = notes(fail(c, 1, 3, 10.2))
     assert (alert.kind, alert.webhook, alert.reason, alert.since, alert.at) == (
@@ -205,7 +213,7 @@ def test_a_webhook_failing_for_failing_after_raises_one_failing_alert():
         ("owner@crm.example.com",),
     )
     assert alert.url == "https://crm.example.com"  # no path, no query: they hold tokens
-    assert (c.state.last_alert, c.state.last_alert_at) == ("failing", 10.2)
+    assert (c.state.alerts.last_alert, c.state.alerts.last_alert_at) == ("failing", 10.2)
     assert notes(fail(c, 1, 4, 10.3)) == [] and c.check_failing(99.0, AFTER) == []
 
 
@@ -233,7 +241,7 @@ def test_an_endpoint_that_fails_until_disabled_gives_one_failing_and_one_disable
     for number, at in ((1, 10.0), (2, 10.25), (3, 10.5)):
         kinds += [a.kind for a in notes(fail(c, 1, number, at))]
     assert kinds == ["failing", "disabled"]
-    assert c.state.state == "disabled" and c.state.last_alert == "disabled"
+    assert c.state.state == "disabled" and c.state.alerts.last_alert == "disabled"
     assert c.check_failing(20.0, AFTER) == []
 
 
@@ -264,7 +272,7 @@ def test_a_manual_disable_alerts_once_and_an_enable_that_passes_recovers():
     effects = c.result(answer(0, 1, True, 9.0), 9.5)
     (alert,) = notes(effects)
     assert (alert.kind, alert.reason, alert.at) == ("recovered", "enable", 9.5)
-    assert answers[0]["ok"] and c.state.last_alert == "recovered"
+    assert answers[0]["ok"] and c.state.alerts.last_alert == "recovered"
 
 
 def test_a_probe_that_brings_it_back_raises_recovered_with_the_time_it_began_failing():
@@ -276,7 +284,7 @@ def test_a_probe_that_brings_it_back_raises_recovered_with_the_time_it_began_fai
     effects = c.result(answer(0, 1, True, 11.0), 11.1)
     (alert,) = notes(effects)
     assert (alert.kind, alert.reason, alert.since) == ("recovered", "probe", 10.0)
-    assert c.state.failing_since is None
+    assert c.state.alerts.failing_since is None
 
 
 def test_a_failed_probe_raises_nothing():
@@ -298,7 +306,7 @@ def test_a_success_after_a_failing_alert_recovers_and_one_without_an_alert_says_
     send_one(quiet)
     fail(quiet, 1, 1, 10.0)
     assert notes(succeed(quiet, 1, 2, 10.1)) == []
-    assert quiet.state.failing_since is None and quiet.state.last_alert is None
+    assert quiet.state.alerts == AlertState()
 
 
 def test_a_new_run_of_failures_after_a_recovery_warns_again():
@@ -316,15 +324,15 @@ def test_the_routers_own_faults_do_not_start_a_failing_run():
     c = webhook(retry=RetryConfig(10, (0.05,)))
     send_one(c)
     fail(c, 1, 1, 10.0, router_fault=True)
-    assert c.state.failing_since is None and c.check_failing(99.0, AFTER) == []
+    assert c.state.alerts.failing_since is None and c.check_failing(99.0, AFTER) == []
 
 
 def test_a_restart_neither_forgets_nor_repeats_the_failing_alert():
-    told = WebhookState(state="failing", consecutive_failures=3, failing_since=10.0,
-                        last_alert="failing", last_alert_at=10.2)  # fmt: skip
+    told = WebhookState(state="failing", consecutive_failures=3,
+                        alerts=AlertState(10.0, "failing", 10.2))  # fmt: skip
     c = webhook(restored=Restored(told, (Delivery(1, Payload("e1", "T", "{}"), 3, 10.3),), 1))
     assert c.check_failing(50.0, AFTER) == []
-    not_yet = replace(told, last_alert=None, last_alert_at=None)
+    not_yet = replace(told, alerts=AlertState(10.0))
     c = webhook(restored=Restored(not_yet, (Delivery(1, Payload("e1", "T", "{}"), 3, 10.3),), 1))
     assert [a.kind for a in notes(c.check_failing(50.0, AFTER))] == ["failing"]
 
@@ -344,7 +352,7 @@ def test_the_alert_state_is_saved_and_read_back(tmp_path, clock):
     j.open()
     j.start()
     state = WebhookState(state="failing", consecutive_failures=2, last_error="HTTP 500",
-                         failing_since=5.0, last_alert="failing", last_alert_at=6.0)  # fmt: skip
+                         alerts=AlertState(5.0, "failing", 6.0))  # fmt: skip
     try:
         j.submit(SaveState("crm", state))
         conn = j.reader()
