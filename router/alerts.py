@@ -443,7 +443,7 @@ def email_text(alert: Alert, console: tuple[str, int] | None = None) -> tuple[st
     if console is not None:
         host, port = console
         host = f"[{host}]" if ":" in host else host
-        lines += ["", f"Console page: http://{host}:{port}/#/webhooks/{name}"]
+        lines += ["", f"Console page: http://{host}:{port}/#/webhook/{name}"]  # its route
     lines += ["", f"Alert sent at {_when(alert.at)} by webhook-router."]
     return subject, "\n".join(lines) + "\n"
 

@@ -567,13 +567,14 @@ def test_the_disabled_email_says_what_broke_since_when_and_the_commands_that_fix
     for words in ("https://crm.example.com", "2023-11-14 22:13:20 UTC", "Last error: HTTP 500",
                   "Events held for it: 42", "webhook-router enable crm",
                   "webhook-router replay crm --failed",
-                  "http://127.0.0.1:8080/#/webhooks/crm"):  # fmt: skip
+                  "http://127.0.0.1:8080/#/webhook/crm"):  # fmt: skip
         assert words in body, words
 
 
 def test_the_failing_and_recovered_emails_read_as_such_and_without_a_console_no_link():
     subject, body = email_text(alert("failing", reason="failed_attempts"))
     assert "is failing" in subject and "keeps retrying" in body and "Console" not in body
+    assert "http://[::1]:8080/#/webhook/crm" in email_text(alert(), ("::1", 8080))[1]
     subject, body = email_text(alert("recovered", reason="probe"))
     assert "is working again" in subject and "health check got through" in body
     assert "enable" not in body
