@@ -234,7 +234,7 @@ def test_a_journal_that_cannot_write_answers_503_and_nothing_is_acked_or_sent(ap
     wait_until(lambda: hooks.ids("/w") == ["full-1"], what="the delivery once the disk has room")
 
 
-def test_a_journal_that_does_not_commit_in_time_answers_503_naming_the_event(app, hooks):
+def test_a_journal_that_does_not_commit_in_time_answers_503_naming_the_event(app, hooks, caplog):
     running, api = app
     running.publish_wait = 0.5
     running.journal.stop()  # nothing submitted from now on is ever committed
@@ -245,6 +245,9 @@ def test_a_journal_that_does_not_commit_in_time_answers_503_naming_the_event(app
         " same id (a duplicate is not delivered twice)"
     )
     assert hooks.at("/w") == []
+    assert "api: event late-1 published over HTTP not journaled within 0.5s; answered 503" in (
+        "\n".join(r.getMessage() for r in caplog.records)
+    )
 
 
 # --------------------------------------------------------------------------- the receiver's side
