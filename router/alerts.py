@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import smtplib
+import socket
 import ssl
 import threading
 import time
@@ -354,12 +355,13 @@ class WebhookSender(Sender):
     is imported only when an alert webhook is configured.
     """
 
-    def __init__(self, hook: WebhookConfig, clock: Clock):
+    def __init__(self, hook: WebhookConfig, clock: Clock, resolve: Any = socket.getaddrinfo):
+        """``resolve`` stands in for ``socket.getaddrinfo`` (tests resolve names locally)."""
         from router.delivery import HARD_DEADLINE, DeliveryPool
 
         self.hook, self.clock = hook, clock
         self.wait = hook.timeout * HARD_DEADLINE + ANSWER_GRACE
-        self.pool = DeliveryPool(1, clock)
+        self.pool = DeliveryPool(1, clock, resolve)
         self.pool.start()
 
     def prepare(self, alert: Alert) -> Payload:

@@ -12,6 +12,7 @@ ones stop and their unfinished deliveries are cancelled.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from router.config import WebhookConfig
 from router.handle import WebhookHandle, new_core
 from router.messages import Append, Cancel, Committed, Delivery
 from router.receiver import AckChannel
-from router.supervisor import Enqueue, Reconfigure, Wiring
+from router.supervisor import Enqueue, Poke, Reconfigure, Wiring
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,14 @@ class Diff:
 class Dispatcher:
     """The registry of webhook handles; the journal's commit callbacks; the reload diff."""
 
-    def __init__(self, wiring: Wiring, channel: AckChannel):
+    def __init__(self, wiring: Wiring, channel: AckChannel, shared: bool = False):
         self._wiring = wiring
         self._channel = channel
         self._handles: dict[str, WebhookHandle] = {}  # replaced whole, never mutated
+        # Several daemons share the journal (SPEC §8): only the webhooks whose lease this
+        # one holds have a handle here; deliveries for the others wait in the journal.
+        self.shared = shared
+        self._changing = threading.RLock()  # reloads, and leases gained and lost meanwhile
 
     # ------------------------------------------------------------------ the registry
 
@@ -85,10 +90,10 @@ class Dispatcher:
         handles = self._handles
         for name, deliveries in by_webhook.items():
             handle = handles.get(name)
-            if handle is None:  # routed just before the webhook was removed
-                self._wiring.journal.submit(Cancel(name))
-            else:
+            if handle is not None:
                 handle.tell(Enqueue(tuple(deliveries)))
+            elif not self.shared:  # routed just before the webhook was removed
+                self._wiring.journal.submit(Cancel(name))
 
     def refused(self, append: Append, reason: str) -> None:
         """The journal could not write these events: their producers hear why."""
@@ -106,23 +111,51 @@ class Dispatcher:
 
         Added webhooks exist before the new filter routes to them; removed ones leave the
         registry before their ``Cancel``, so a commit that no longer finds one cancels its
-        deliveries itself and one that still did is covered by the ``Cancel``.
+        deliveries itself and one that still did is covered by the ``Cancel``. With a
+        ``shared`` journal, added webhooks wait for their lease, and only those held here
+        are changed or cancelled here (each holder does its own).
         """
         before = {w.name: w for w in old}
         after = {w.name: w for w in new}
         added = [w for n, w in after.items() if n not in before]
         removed = [n for n in before if n not in after]
         changed = [w for n, w in after.items() if n in before and before[n] != w]
-        self._add(added)
-        swap_filter()
-        for w in changed:
-            self._handles[w.name].tell(Reconfigure(w))
-        gone = [self._handles[name] for name in removed if name in self._handles]
-        self._handles = {n: h for n, h in self._handles.items() if n not in removed}
+        with self._changing:
+            if not self.shared:
+                self._add(added)
+            swap_filter()
+            for w in changed:
+                if (handle := self._handles.get(w.name)) is not None:
+                    handle.tell(Reconfigure(w))
+            gone = [self._handles[name] for name in removed if name in self._handles]
+            self._handles = {n: h for n, h in self._handles.items() if n not in removed}
         for handle in gone:
             handle.close()
             self._wiring.journal.submit(Cancel(handle.name))
         return Diff(tuple(w.name for w in added), tuple(removed), tuple(w.name for w in changed))
+
+    # ------------------------------------------------------------------ leases (SPEC §8)
+
+    def acquire(self, webhooks: Iterable[WebhookConfig]) -> None:
+        """This daemon holds these webhooks' leases now: each starts from the journal."""
+        with self._changing:
+            self._add([w for w in webhooks if w.name not in self._handles])
+
+    def release(self, names: Iterable[str]) -> None:
+        """Another daemon delivers these now: stop them at once; the journal keeps the rest."""
+        names = set(names)
+        with self._changing:
+            gone = [h for n, h in self._handles.items() if n in names]
+            self._handles = {n: h for n, h in self._handles.items() if n not in names}
+        for handle in gone:
+            handle.close()
+
+    def poke(self, names: Iterable[str]) -> None:
+        """The journal may hold new deliveries for these (journaled by another daemon)."""
+        handles = self._handles
+        for name in names:
+            if (handle := handles.get(name)) is not None:
+                handle.tell(Poke())
 
     def _add(self, webhooks: list[WebhookConfig]) -> None:
         """Webhooks a reload adds start from what the journal holds for them.

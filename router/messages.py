@@ -262,6 +262,7 @@ class Loaded:
     wanted: int = 0  # the cost of the next delivery, which did not fit in max_bytes
     seqs: tuple[int, ...] = ()  # the seqs asked for, when LoadPending named them
     revived: int = 0  # how many deliveries a Revive made pending again
+    queued: int | None = None  # all pending for the webhook, when others add to it (SPEC §8)
 
 
 @dataclass(frozen=True, slots=True)

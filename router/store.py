@@ -209,6 +209,78 @@ def open_writer(
     return conn
 
 
+class Writer:
+    """The journal's one writer connection to the file, and how its transactions go.
+
+    What ``router.journal`` needs of a backend: ``conn`` for the statements below,
+    ``begin``/``commit``/``rollback``, a savepoint for one message, and which errors
+    are the storage's own (``errors``, ``storage_error``). ``router.pgstore.Writer``
+    is the same for PostgreSQL.
+    """
+
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    checkpoints = True  # the journal copies the WAL into the file on a thread of its own
+
+    def __init__(
+        self,
+        path: str,
+        max_pages: int | None = None,
+        sync: str = "full",
+        wal_pages: int = 1000,
+        wal_bytes: int = -1,
+    ):
+        self.path, self.sync = path, sync
+        self.conn = open_writer(path, max_pages, sync, wal_pages, wal_bytes)
+        self._fsyncing = sync == "full"  # the connection's synchronous level now
+
+    def __str__(self) -> str:
+        return self.path
+
+    def begin(self, durable: bool = True) -> None:
+        """Start a write transaction; one that is not ``durable`` commits without an fsync."""
+        full = self.sync == "full" and durable
+        if full != self._fsyncing:
+            self.conn.execute(f"PRAGMA synchronous = {'FULL' if full else 'NORMAL'}")
+            self._fsyncing = full
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        """Roll back the transaction, if one is open; raises the storage's errors."""
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def savepoint(self) -> None:
+        self.conn.execute("SAVEPOINT msg")
+
+    def release(self) -> None:
+        self.conn.execute("RELEASE msg")
+
+    def rollback_savepoint(self) -> None:
+        self.conn.execute("ROLLBACK TO msg")
+
+    @staticmethod
+    def storage_error(exc: BaseException) -> bool:
+        """True for failures of the file itself (full, I/O, locked): they doom the transaction.
+
+        Anything else (a bad value in one message) is that message's fault alone.
+        """
+        return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+    def reader(self) -> sqlite3.Connection:
+        """A new read-only connection, for a thread other than the writer's."""
+        return open_reader(self.path)
+
+    def set_max_pages(self, pages: int) -> None:
+        """Test hook: cap the file's size, so that inserts fail as on a full disk."""
+        self.conn.execute(f"PRAGMA max_page_count = {int(pages)}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def open_checkpointer(path: str, sync: str) -> sqlite3.Connection:
     """A connection that only checkpoints, for a thread other than the writer's.
 

@@ -50,6 +50,11 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True)
+class Poke:
+    """The journal may hold new deliveries that another daemon journaled (SPEC §8)."""
+
+
+@dataclass(frozen=True, slots=True)
 class LoadedFor:
     """A journal reply, tagged with the load generation it answers."""
 
@@ -183,6 +188,8 @@ class Supervisor(Actor):
                 self._failing(now)
             case Enqueue(deliveries):
                 self._run(core.enqueue(deliveries, now))
+            case Poke():
+                self._run(core.poke(now))
             case Tick():
                 self._run(core.tick(now))
                 self._failing(now)

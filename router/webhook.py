@@ -161,10 +161,10 @@ class WebhookCore:
     # instead of 0.3 KB), and a daemon holds a core for each of its 10,000 webhooks.
     __slots__ = ("budget", "config", "counters", "draining", "fetching", "generation",
                  "held_bytes", "high", "idle_since", "in_flight", "last_hour", "latencies",
-                 "loading", "max_spilled", "new_id", "next_cost", "pending_total", "probe",
-                 "probe_at", "probe_waiters", "queue_limit", "rand", "ready", "replay_waiter",
-                 "replayed", "reserved", "spilled", "state", "tokens", "tokens_at", "waiting",
-                 "wake_at")  # fmt: skip
+                 "loading", "max_spilled", "new_id", "next_cost", "pending_total", "poked",
+                 "probe", "probe_at", "probe_waiters", "queue_limit", "rand", "ready",
+                 "replay_waiter", "replayed", "reserved", "spilled", "state", "tokens",
+                 "tokens_at", "waiting", "wake_at")  # fmt: skip
 
     def __init__(
         self,
@@ -193,6 +193,7 @@ class WebhookCore:
         self.pending_total = restored.queued  # pending in the journal (in flight included)
         self.high = 0  # highest seq ever held in memory: loads continue after it
         self.spilled = restored.queued > len(restored.pending)
+        self.poked = False  # told of new deliveries in the journal while a load was out
         self.max_spilled = 0
         self.generation = 0
         self.loading = False
@@ -248,9 +249,20 @@ class WebhookCore:
         if loaded.deliveries:
             self.high = max(self.high, loaded.deliveries[-1].seq)
         self.next_cost = loaded.wanted
+        if loaded.queued is not None:
+            self.pending_total = loaded.queued  # others' deliveries counted too (SPEC §8)
         complete = not loaded.wanted and len(loaded.deliveries) < (loaded.limit or 0)
-        if complete and self.max_spilled <= self.high:
+        if complete and self.max_spilled <= self.high and not self.poked:
             self.spilled = False
+        self.poked = False
+        return self.pump(now)
+
+    def poke(self, now: float) -> list:
+        """The journal may hold deliveries no one enqueued here: another daemon sharing it
+        journaled them (SPEC §8). Load them, after every delivery already held."""
+        if self.loading:
+            self.poked = True  # the load out now may have read the journal before them
+        self.spilled = True
         return self.pump(now)
 
     def _fetched(self, loaded: Loaded, now: float) -> list:

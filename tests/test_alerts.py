@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 import sqlite3
 import ssl
@@ -12,9 +13,11 @@ import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
+from standardwebhooks import Webhook
 
 from router import alerts, config, metrics
 from router.alerts import Alerter, Channel, EmailSender, Failed, Sender, email_text
+from router.clock import Clock as WallClock
 from router.config import AlertsConfig, EmailConfig, HealthConfig, RetryConfig
 from router.journal import Journal
 from router.messages import (
@@ -28,7 +31,7 @@ from router.messages import (
 )
 from router.webhook import Notify, Record, Restored, WakeAt, WebhookCore
 from tests.builders import hook
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import HookServer, wait_until
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -669,3 +672,37 @@ def test_an_smtp_server_without_starttls_is_a_permanent_failure_and_a_dead_one_a
         assert (e.value.permanent, e.value.reason) == (False, "timeout")
     finally:
         silent.close()
+
+
+# --------------------------------------------------------------------------- the alert webhook
+
+
+def test_the_alert_webhook_is_signed_and_refuses_private_addresses_unless_allowed():
+    server = HookServer()
+    port = server.port
+
+    def resolve(host, port_, family=0, kind=0, *rest):  # "alerts.internal" is on loopback
+        assert host == "alerts.internal"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port_))]
+
+    url = f"http://alerts.internal:{port}/alerts"
+    hook_cfg = config.WebhookConfig(name="alerts", url=url, secrets=(b"k" * 24,), timeout=2.0)
+    now = WallClock()  # the signature's timestamp is checked against the receiver's clock
+    guarded = alerts.WebhookSender(hook_cfg, now, resolve)
+    open_ = alerts.WebhookSender(replace(hook_cfg, allow_private_networks=True), now, resolve)
+    try:
+        with pytest.raises(Failed) as e:
+            guarded.send(guarded.prepare(alert()), 1)
+        assert e.value.reason == "blocked address 127.0.0.1" and server.requests == []
+        job = open_.prepare(alert())
+        assert open_.send(job, 2) == f" (event {job.id})"
+        (request,) = server.requests
+        assert request.headers["webhook-id"] == job.id and request.headers["webhook-attempt"] == "2"
+        assert request.json["type"] == "webhook.disabled" and request.json["webhook"] == "alerts"
+        Webhook("whsec_" + base64.b64encode(b"k" * 24).decode()).verify(
+            request.body, request.headers
+        )
+    finally:
+        guarded.close()
+        open_.close()
+        server.close()

@@ -129,3 +129,23 @@ def test_a_removed_webhook_leaves_the_registry_before_its_cancel(parts, monkeypa
     assert seen_at_cancel == [False]
     with pytest.raises(Exception, match="no webhook named 'w'"):
         d.get("w")
+
+
+def test_a_shared_journal_runs_only_the_webhooks_whose_lease_is_held_here(parts, monkeypatch):
+    d, journal, _ = parts
+    d.shared = True
+    d.start([], {})
+    d.acquire(hooks("a"))  # the lease keeper took a: it starts from the journal
+    assert [type(m) for m in journal.items] == [Rebuild] and journal.items[0].webhook == "a"
+    to_a = told(d, "a", monkeypatch)
+    d.committed([committed(5, "e5", "a", "b")])  # b's lease is another daemon's
+    assert to_a == [Enqueue(tuple(to_a[0].deliveries))] and len(journal.items) == 1  # no Cancel
+    d.poke(["a", "b"])  # b is not held here: nothing to poke
+    assert type(to_a[-1]).__name__ == "Poke"
+    diff = d.apply(hooks("a", "b"), hooks("a", "b", "c"), lambda: None)
+    assert diff.added == ("c",) and [h.name for h in d] == ["a"]  # c waits for its lease
+    d.release(["a"])
+    assert [h.name for h in d] == [] and len(journal.items) == 1  # released, not cancelled
+    d.acquire(hooks("b"))
+    d.apply(hooks("a", "b"), hooks("a"), lambda: None)  # b left the config: its holder cancels
+    assert Cancel("b") in journal.items

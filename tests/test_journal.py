@@ -278,7 +278,7 @@ def test_commits_reach_the_database_file_by_a_checkpoint_beside_the_writer(make,
         append(j, rec, accepted(f"e{i}", "a"))
     db = tmp_path / "state" / "journal.db"
     wait_until(lambda: in_the_file_alone(db, tmp_path / "copy.db") == {"e0", "e1", "e2"})
-    assert rows(j._conn, "PRAGMA wal_autocheckpoint") == [(journal.WAL_BACKSTOP_PAGES,)]
+    assert rows(j._writer.conn, "PRAGMA wal_autocheckpoint") == [(journal.WAL_BACKSTOP_PAGES,)]
 
 
 def test_stop_closes_the_checkpointer_first_so_no_wal_is_left(make, tmp_path):
@@ -914,12 +914,16 @@ def test_a_commit_of_outcomes_alone_is_not_fsynced_one_with_events_is(make, sync
     level = {"FULL": 2, "NORMAL": 1}
 
     def synchronous() -> int:
-        return j._conn.execute("PRAGMA synchronous").fetchone()[0]
+        return j._writer.conn.execute("PRAGMA synchronous").fetchone()[0]
+
+    def begin(work: list) -> int:
+        j._writer.begin(journal._durable(work))
+        j._writer.rollback()
+        return synchronous()
 
     outcome = Outcome("a", 1, result(1, 1, 0.0), "done")
-    j._sync_for([outcome, SaveState("a", WebhookState())])
-    assert synchronous() == level["NORMAL"]  # a power cut may lose it: sent again
-    j._sync_for([Append((accepted("e1", "a"),)), outcome])
-    assert synchronous() == level["FULL" if sync == "full" else "NORMAL"]  # an ack's commit
-    j._sync_for([Cancel("a")])  # what an operator did is kept like an ack
-    assert synchronous() == level["FULL" if sync == "full" else "NORMAL"]
+    assert begin([outcome, SaveState("a", WebhookState())]) == level["NORMAL"]  # sent again
+    acked = begin([Append((accepted("e1", "a"),)), outcome])  # an ack's commit
+    assert acked == level["FULL" if sync == "full" else "NORMAL"]
+    cancelled = begin([Cancel("a")])  # what an operator did is kept like an ack
+    assert cancelled == level["FULL" if sync == "full" else "NORMAL"]

@@ -449,3 +449,28 @@ def test_a_replay_that_queues_nothing_leaves_the_last_ones_count_and_says_so():
 
 def test_a_webhook_never_replayed_shows_no_replay():
     assert core().snapshot()["replay"] is None
+
+
+def _loads(effects) -> list[Load]:
+    return [e for e in effects if isinstance(e, Load)]
+
+
+def test_a_poke_loads_what_another_daemon_journaled_after_what_is_held():
+    c = core()
+    c.enqueue((d(1),), 0.0)  # held, in flight
+    (load,) = _loads(c.poke(0.0))
+    assert load.after_seq == 1  # after every delivery held here
+    effects = c.loaded(load.generation, Loaded("w", (d(7), d(9)), 1, load.limit, queued=3), 0.0)
+    assert sent(effects) == [(7, 1), (9, 1)]  # max_in_flight 4: all three in flight
+    assert c.pending_total == 3  # counted by the journal: others' deliveries included
+    assert _loads(c.pump(0.0)) == []  # the load was complete: nothing more to ask
+
+
+def test_a_poke_while_a_load_is_out_loads_again_after_it():
+    c = core(max_in_flight=1)
+    (first,) = _loads(c.poke(0.0))
+    assert _loads(c.poke(0.0)) == []  # one load at a time
+    effects = c.loaded(first.generation, Loaded("w", (), 0, first.limit, queued=0), 0.0)
+    (again,) = _loads(effects)  # the first may have read the journal before the news
+    effects = c.loaded(again.generation, Loaded("w", (d(4),), 0, again.limit, queued=1), 0.0)
+    assert sent(effects) == [(4, 1)] and _loads(effects) == []
