@@ -544,7 +544,8 @@ class App:
 # Settings that only a restart changes: a reload warns and keeps the running values.
 _RESTART_ONLY = (
     "state_dir", "ingest", "control_bind", "metrics_bind", "api_bind", "delivery_workers",
-    "delivery_processes", "retention", "journal_sync",
+    "delivery_processes", "retention", "journal_sync", "journal_backend", "journal_dsn", "lease",
+    "node",
 )  # fmt: skip
 
 
