@@ -18,8 +18,12 @@ run: $(VENV)/.installed
 check: $(VENV)/.installed
 	$(VENV)/bin/webhook-router check -c $(CONFIG)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed /usr/bin/chromedriver
 	$(PY) -m pytest
+
+# Debian's chromium and chromium-driver for the console's browser tests, when missing.
+/usr/bin/chromedriver:
+	sh tests/install_browser.sh
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check router tests bench

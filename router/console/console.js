@@ -81,8 +81,8 @@ const STATES = { active: "Working", failing: "Failing, retrying", disabled: "Tur
   unknown: "Not known" };
 const HEALTH = { HEALTHY: "Healthy", DEGRADED: "Having trouble", UNHEALTHY: "Unhealthy",
   UNKNOWN: "Not known" };
-const REASONS = { manual: "turned off by hand", exhausted: "turned off after failed deliveries",
-  gone: "turned off: the address answered 410 Gone", config: "turned off in the configuration" };
+const REASONS = { manual: "by hand", exhausted: "after failed deliveries",
+  gone: "the address answered 410 Gone", config: "in the configuration" };
 
 function stateWords(w) {
   const words = STATES[w.state] || w.state;
@@ -196,7 +196,8 @@ async function showList() {
   const { webhooks } = await api("GET", "/webhooks");
   const rows = webhooks.map((w) => {
     const { svg, caption } = chart(w.per_minute, 180, 32);
-    const source = w.source === "api" ? "this console or the API" : `file ${w.source}`;
+    const source = w.source === "api" ? "this console or the API"
+      : `file ${w.source.split("/").pop()}`;  // the whole path is on the webhook's page
     return el("tr", { "data-name": w.name },
       el("td", {}, el("a", { href: `#/webhook/${encodeURIComponent(w.name)}`, text: w.name })),
       el("td", {}, el("span", { class: `badge state ${w.state}`, text: stateWords(w) })),
@@ -204,7 +205,7 @@ async function showList() {
         text: HEALTH[w.health] || w.health })),
       el("td", { class: "n queued", text: String(w.queued ?? "") }),
       el("td", { class: "chart", title: caption }, svg),
-      el("td", { class: "source", text: source }));
+      el("td", { class: "source", title: w.source, text: source }));
   });
   $("#webhooks tbody").replaceChildren(...rows);
   $("#no-webhooks").hidden = rows.length > 0;
@@ -480,6 +481,7 @@ function showCreated(saved, created) {
   $("#c-secret-box").hidden = !saved.secret;
   $("#c-open").setAttribute("href", `#/webhook/${encodeURIComponent(saved.name)}`);
   route = { view: "created" };
+  history.replaceState(null, "", "#/saved");  // so that "New webhook" opens a fresh form
 }
 
 // ------------------------------------------------------------------ explain
@@ -545,6 +547,8 @@ async function refresh() {
 
 async function navigate() {
   route = parseRoute();
+  $("#c-secret").textContent = "";  // a new webhook's secret is shown once: gone on leaving
+  $("#c-secret-box").hidden = true;
   $("#w-result").hidden = true;
   show(route.view);
   if (route.view === "form") {
