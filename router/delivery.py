@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 RESPONSE_CAP = 64 * 1024  # bytes of response body kept
 HARD_DEADLINE = 1.5  # the watchdog cuts an attempt at this multiple of its timeout
+LEASE_GONE = "not sent: this daemon's lease on the webhook ran out (SPEC §8)"
 NUM_POOLS = 256  # origins whose keep-alive connections are cached
 NUM_TARGETS = 4096  # webhook configs whose URL and static headers are kept worked out
 
@@ -161,6 +162,8 @@ class DeliveryPool:
         """One POST: sign, send, read at most 64 KiB, describe what happened."""
         webhook = attempt.webhook
         started_at = self._clock.time()
+        if attempt.not_after and time.monotonic() > attempt.not_after:  # the system's clock
+            return _result(attempt, started_at, 0.0, error=LEASE_GONE, router_fault=True)
         try:
             target = self._target(webhook)
             body, headers = _request(target, attempt, int(started_at))

@@ -232,7 +232,8 @@ class _Child:
         else:
             self._configs.move_to_end(id(webhook))
         p = attempt.payload
-        out.append([_ATTEMPT, token, known[0], attempt.seq, p.id, p.type, p.body, attempt.number])
+        out.append([_ATTEMPT, token, known[0], attempt.seq, p.id, p.type, p.body, attempt.number,
+                    attempt.not_after])  # fmt: skip
         return out
 
     # ------------------------------------------------------------------ from the child
@@ -377,8 +378,9 @@ def child_main(fd: int, threads: int, level: str) -> int:
         for record in batch:
             kind = record[0]
             if kind == _ATTEMPT:
-                _, token, key, seq, pid, ptype, body, number = record
-                attempt = Attempt(configs[key], seq, Payload(pid, ptype, body), number)
+                _, token, key, seq, pid, ptype, body, number, not_after = record
+                payload = Payload(pid, ptype, body)
+                attempt = Attempt(configs[key], seq, payload, number, not_after)
                 pool.submit(attempt, partial(out.result, token))
             elif kind == _CONFIG:
                 configs[record[1]] = _config(record[2:])

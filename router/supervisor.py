@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -121,6 +121,8 @@ class Wiring:
     starter: Starter | None = None  # None: start supervisors on the caller's thread
     budget: Any = None  # the memory budget every webhook's queue shares (router.budget)
     alerter: Any = None  # router.alerts.Alerter: takes alerts off the data path; None: none
+    # Until when (monotonic) this daemon's leases may be trusted (SPEC §8); None: one daemon.
+    deadline: Callable[[], float] | None = None
 
 
 # --------------------------------------------------------------------------- the actor
@@ -247,6 +249,8 @@ class Supervisor(Actor):
         for e in effects:
             match e:
                 case Send(attempt):
+                    if w.deadline is not None:  # past it, the sender drops the attempt
+                        attempt = replace(attempt, not_after=w.deadline())
                     w.pool.submit(attempt, self._answer)
                 case Record(message):
                     w.journal.submit(message)

@@ -6,6 +6,7 @@ import base64
 import email.utils
 import hmac
 import json
+import queue
 import socket
 import ssl
 import threading
@@ -22,7 +23,7 @@ import router.delivery
 import router.guard
 from router import __version__
 from router.config import WebhookConfig
-from router.delivery import HARD_DEADLINE, DeliveryPool
+from router.delivery import HARD_DEADLINE, LEASE_GONE, DeliveryPool
 from router.messages import Attempt, AttemptResult, Payload
 from tests.builders import KEY, PAYLOAD, hook
 from tests.hostile import blackhole
@@ -705,3 +706,15 @@ def test_network_and_endpoint_failures_are_never_router_faults(server, pool):
     assert [(r.error, r.router_fault) for r in (refused, error, slow)] == [
         ("connection refused", False), ("HTTP 500", False), ("timeout", False),
     ]  # fmt: skip
+
+
+def test_an_attempt_past_its_lease_deadline_is_not_sent(server, pool):
+    """A daemon that was paused past its lease (SPEC §8) sends nothing for the webhook."""
+    webhook = hook(f"http://127.0.0.1:{server.port}/")
+    results: queue.Queue[AttemptResult] = queue.Queue()
+    pool.submit(Attempt(webhook, 1, PAYLOAD, 1, time.monotonic() - 0.001), results.put)
+    late = results.get(timeout=10)
+    assert (late.ok, late.error, late.router_fault) == (False, LEASE_GONE, True)
+    assert server.received == []
+    pool.submit(Attempt(webhook, 1, PAYLOAD, 1, time.monotonic() + 60), results.put)
+    assert results.get(timeout=10).ok and len(server.received) == 1

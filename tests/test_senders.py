@@ -11,6 +11,7 @@ import time
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from router.delivery import LEASE_GONE
 from router.messages import Attempt, AttemptResult, Payload
 from router.senders import Senders
 from tests.builders import KEY, PAYLOAD, hook
@@ -207,3 +208,12 @@ def test_results_for_one_reply_that_arrive_together_are_handed_over_in_one_call(
     assert child._pending == {}
     for end in (child.sock, child._theirs):
         end.close()
+
+
+def test_the_lease_deadline_travels_with_the_attempt_and_the_child_checks_it(senders, server):
+    results = Results()
+    late = Attempt(hook(f"http://127.0.0.1:{server.port}/x"), 1, PAYLOAD, 1, time.monotonic())
+    senders.submit(late, results)
+    r = results.get(timeout=WAIT)
+    assert (r.ok, r.error, r.router_fault) == (False, LEASE_GONE, True)
+    assert server.received == []  # the child's monotonic clock is the daemon's: no POST
