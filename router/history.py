@@ -33,8 +33,12 @@ class LastHour:
     def minutes(self) -> list[list[int]]:
         """``[minute_start, delivered, failed]`` for each minute of the newest hour with any, oldest
         first; ``minute_start`` in epoch seconds. The reader drops minutes older than its now."""
-        used = [tuple(self.slots[i : i + 3]) for i in range(0, len(self.slots), 3)]
-        newest = max(m for m, _, _ in used)
-        return [
-            [m * 60, d, f] for m, d, f in sorted(used) if m and m > newest - MINUTES and (d or f)
-        ]
+        slots = self.slots
+        newest = max(slots[0::3])
+        out = []
+        for k in range(newest + 1, newest + 1 + MINUTES):  # oldest slot first, round the ring
+            at = (k % MINUTES) * 3
+            m, delivered, failed = slots[at], slots[at + 1], slots[at + 2]
+            if m and m > newest - MINUTES and (delivered or failed):
+                out.append([m * 60, delivered, failed])
+        return out

@@ -1,5 +1,8 @@
 """The last hour by the minute (the console's chart), and the core counting into it."""
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from router.history import MINUTES, LastHour
 from tests.test_webhook import core, d, res
 
@@ -36,3 +39,18 @@ def test_the_core_counts_each_attempt_into_its_last_hour_from_the_first_on():
     c.result(res(1, ok=True, status=200), T0 + 1)
     c.result(res(2, ok=False, status=500), T0 + 2)
     assert c.snapshot()["per_minute"] == [[T0, 1, 1]]
+
+
+@given(st.lists(st.tuples(st.integers(0, 4 * 3600), st.booleans()), max_size=200))
+def test_the_ring_agrees_with_a_plain_count_of_the_newest_hour(counts):
+    h, plain = LastHour(), {}
+    now = 0
+    for offset, delivered in counts:
+        now = max(now, offset)  # the clock goes forward
+        at = T0 + now
+        h.count(at, delivered)
+        minute = int(at // 60)
+        plain.setdefault(minute, [0, 0])[0 if delivered else 1] += 1
+    newest = max(plain, default=0)
+    expected = [[m * 60, d, f] for m, (d, f) in sorted(plain.items()) if m > newest - MINUTES]
+    assert h.minutes() == expected
