@@ -138,7 +138,8 @@ class Alerter:
             for channel in channels:
                 channel.put(alert)
         except Exception:  # an alert must never take a supervisor down
-            log.exception("webhook %s: alert webhook.%s not queued", alert.webhook, alert.kind)
+            name, kind = getattr(alert, "webhook", "?"), getattr(alert, "kind", "?")
+            log.exception("webhook %s: alert webhook.%s not queued", name, kind)
 
     def totals(self) -> dict:
         """What ``status`` shows: per channel, sent, failed, dropped and queued; suppressed."""
