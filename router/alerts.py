@@ -427,6 +427,10 @@ def email_text(alert: Alert, console: tuple[str, int] | None = None) -> tuple[st
             f"Since: {when}.",
             f"Last error: {alert.last_error or 'none recorded'}.",
             f"Events held for it: {alert.queued} (kept safely; none are lost).",
+        ]
+        if alert.reason == "exhausted":
+            lines.append("The event that used up its retries is kept too and goes out with them.")
+        lines += [
             "",
             "How to fix it:",
             f"  1. Make sure the endpoint at {alert.url} is up and answers with a 2xx status.",
@@ -440,7 +444,8 @@ def email_text(alert: Alert, console: tuple[str, int] | None = None) -> tuple[st
                 "  2. Turn the webhook back on (it first sends a health check and only resumes",
                 "     if that gets through; the held events then go out, oldest first):",
                 f"       webhook-router enable {name}",
-                "  3. Send again the events that gave up before it was disabled:",
+                "  3. That sends the events that gave up as well. Should any still be missing",
+                f"     (webhook-router attempts {name} --failed lists them), send them again:",
                 f"       webhook-router replay {name} --failed",
             ]
     if console is not None:

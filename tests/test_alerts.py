@@ -575,7 +575,7 @@ def test_the_disabled_email_says_what_broke_since_when_and_the_commands_that_fix
     assert subject == "[webhook-router] crm was disabled: its events are being held"
     for words in ("https://crm.example.com", "2023-11-14 22:13:20 UTC", "Last error: HTTP 500",
                   "Events held for it: 42", "webhook-router enable crm",
-                  "webhook-router replay crm --failed",
+                  "webhook-router replay crm --failed", "kept too and goes out with them",
                   "http://127.0.0.1:8080/#/webhook/crm"):  # fmt: skip
         assert words in body, words
 
