@@ -299,15 +299,9 @@ class Api:
         """
         return 200, self.app.catalog.view(req.token.companies)
 
-    def not_yet(self, req: Request) -> tuple[int, Any]:
-        """Not implemented yet in this version of webhook-router."""
-        raise ApiError(501, "not implemented yet in this version of webhook-router")
-
     def routes(self) -> list[tuple[tuple[str, ...], dict[str, Handler]]]:
-        """Path patterns (``{name}`` is a parameter) and the handler of each method.
-
-        Every endpoint of SPEC §6 is here; those still answering 501 are to come.
-        """
+        """Path patterns (``{name}`` is a parameter) and the handler of each method: every
+        endpoint of SPEC §6."""
         webhook = ("webhooks", "{name}")
         return [
             (("webhooks",), {"GET": self.list_webhooks, "POST": self.create}),
@@ -325,7 +319,7 @@ class Api:
 
     def openapi(self, req: Request) -> tuple[int, Any]:
         """This API described in OpenAPI 3.1."""
-        return 200, openapi.document(PREFIX, self.routes(), self.not_yet)
+        return 200, openapi.document(PREFIX, self.routes())
 
 
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}

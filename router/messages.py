@@ -54,12 +54,12 @@ class Accepted:
     """An event that passed validation, with the webhooks it goes to.
 
     ``reply`` is the ROUTER envelope (identity frames and delimiter) for an acked
-    event, or ``None`` for an event that came in on the PULL socket. ``targets`` is
-    filled in by the filter.
+    event, a ``receiver.Waiter`` for one published over HTTP, or ``None`` for an
+    event that came in on the PULL socket. ``targets`` is filled in by the filter.
     """
 
     event: Event
-    reply: tuple[bytes, ...] | None
+    reply: Any  # tuple[bytes, ...] | receiver.Waiter | None
     targets: tuple[str, ...] = ()
 
 

@@ -3,7 +3,7 @@
 ``router.api`` owns the paths, methods and handlers; this module adds what a
 client needs to call them: parameters, bodies and answers. Each operation's
 summary is its handler's docstring, so the description cannot drift from the
-code that answers. An endpoint not built yet is described as answering 501.
+code that answers.
 """
 
 from __future__ import annotations
@@ -244,9 +244,8 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
-def document(prefix: str, routes: list[tuple[tuple[str, ...], dict[str, Callable]]],
-             later: Callable) -> dict:  # fmt: skip
-    """The OpenAPI document of ``routes`` under ``prefix``; ``later`` marks the 501 ones."""
+def document(prefix: str, routes: list[tuple[tuple[str, ...], dict[str, Callable]]]) -> dict:
+    """The OpenAPI document of ``routes`` under ``prefix``."""
     paths: dict[str, dict] = {}
     for pattern, methods in routes:
         path = prefix + "/" + "/".join(pattern)
@@ -255,7 +254,7 @@ def document(prefix: str, routes: list[tuple[tuple[str, ...], dict[str, Callable
             item["parameters"] = [{"name": "name", "in": "path", "required": True,
                                    "schema": {"type": "string"}}]  # fmt: skip
         for method, handler in methods.items():
-            item[method.lower()] = _operation(method, pattern, handler, handler == later)
+            item[method.lower()] = _operation(method, pattern, handler)
     return {
         "openapi": "3.1.0",
         "info": {"title": "webhook-router", "version": __version__},
@@ -269,7 +268,7 @@ def document(prefix: str, routes: list[tuple[tuple[str, ...], dict[str, Callable
     }
 
 
-def _operation(method: str, pattern: tuple[str, ...], handler: Callable, later: bool) -> dict:
+def _operation(method: str, pattern: tuple[str, ...], handler: Callable) -> dict:
     key = pattern[-1]
     op: dict[str, Any] = {
         "operationId": f"{method.lower()}_{'_'.join(p.strip('{}') for p in pattern)}".replace(
@@ -280,9 +279,6 @@ def _operation(method: str, pattern: tuple[str, ...], handler: Callable, later: 
     }
     if "{name}" in pattern:
         op["responses"]["404"] = _answer("No such webhook, or not one this token may see")
-    if later:
-        op["responses"]["501"] = _answer("Not implemented yet in this version")
-        return op
     spec = _OPERATIONS[method, key]
     code, text, schema = spec["ok"]
     op["responses"][code] = {"description": text}
