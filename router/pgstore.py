@@ -416,12 +416,17 @@ def _lost(
         held = {
             w
             for (w,) in conn.execute(
-                "SELECT m.webhook FROM unnest(%s::text[], %s::text[], %s::bigint[])"
+                "SELECT m.webhook FROM unnest(%b::text[], %b::text[], %b::bigint[])"
                 " AS m(webhook, owner, epoch) WHERE true" + _HELD,
                 (list(claimed), *_leases(list(claimed), claimed)),
             )
         }
     return names - held, {w: claimed[w] for w in held}
+
+
+def _floats(values: Iterable[float | None]) -> list[float | None]:
+    """Numbers as floats, for a binary float8[] parameter (an int among them would not do)."""
+    return [None if v is None else float(v) for v in values]
 
 
 def _leases(webhooks: list[str], held: Fence | None) -> tuple[list, list]:
@@ -436,13 +441,13 @@ def _leases(webhooks: list[str], held: Fence | None) -> tuple[list, list]:
 _INSERT_EVENTS = """
 INSERT INTO events (id, type, received_at, body)
 SELECT e.id, e.type, %s, e.body
-FROM unnest(%s::text[], %s::text[], %s::text[]) WITH ORDINALITY AS e(id, type, body, ord)
+FROM unnest(%b::text[], %b::text[], %b::text[]) WITH ORDINALITY AS e(id, type, body, ord)
 ORDER BY e.ord
 ON CONFLICT (id) DO NOTHING RETURNING id, seq
 """
 _INSERT_DELIVERIES = """
 INSERT INTO deliveries (seq, webhook, state)
-SELECT seq, webhook, 'pending' FROM unnest(%s::bigint[], %s::text[]) AS d(seq, webhook)
+SELECT seq, webhook, 'pending' FROM unnest(%b::bigint[], %b::text[]) AS d(seq, webhook)
 """
 
 
@@ -480,8 +485,8 @@ def insert_events(conn: psycopg.Connection, msg: Append, now: float) -> list[Com
 # become done, when an attempt already in flight succeeded.
 _UPDATE_DELIVERIES = _fenced("""
 UPDATE deliveries d SET state = m.state, attempts = m.attempts, next_at = m.next_at
-FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::integer[], %s::float8[],
-            %s::text[], %s::bigint[]) AS m(webhook, seq, state, attempts, next_at, owner, epoch)
+FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::integer[], %b::float8[],
+            %b::text[], %b::bigint[]) AS m(webhook, seq, state, attempts, next_at, owner, epoch)
 WHERE d.seq = m.seq AND d.webhook = m.webhook AND d.state != 'done'
     AND (d.state != 'cancelled' OR m.state = 'done'){fence}
 """)
@@ -493,8 +498,8 @@ SELECT m.webhook, e.seq, e.id, m.number, m.at, m.status, m.error, m.latency_ms, 
         + octet_length(e.id),
     CASE WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = m.seq AND d.webhook = m.webhook
                       AND d.state {_OPEN}) THEN 3 ELSE 1 END
-FROM unnest(%s::text[], %s::bigint[], %s::integer[], %s::float8[], %s::integer[], %s::text[],
-            %s::float8[], %s::text[], %s::text[], %s::bigint[]) WITH ORDINALITY
+FROM unnest(%b::text[], %b::bigint[], %b::integer[], %b::float8[], %b::integer[], %b::text[],
+            %b::float8[], %b::text[], %b::text[], %b::bigint[]) WITH ORDINALITY
     AS m(webhook, seq, number, at, status, error, latency_ms, response, owner, epoch, ord)
 JOIN events e ON e.seq = m.seq
 WHERE true{{fence}}
@@ -530,14 +535,15 @@ def record_outcomes(
     conn.execute(
         _UPDATE_DELIVERIES[fence is not None],
         (webhooks, [m.seq for m in last], [m.state for m in last],
-         [m.result.number for m in last], [m.next_at for m in last], *_leases(webhooks, held)),
+         [m.result.number for m in last], _floats(m.next_at for m in last),
+         *_leases(webhooks, held)),
     )  # fmt: skip
     results = [m.result for m in kept]
     webhooks = [m.webhook for m in kept]
     conn.execute(
         _INSERT_ATTEMPTS[fence is not None],
         (webhooks, [m.seq for m in kept], [r.number for r in results],
-         [r.started_at for r in results], [r.status for r in results],
+         _floats(r.started_at for r in results), [r.status for r in results],
          [r.error for r in results], [r.latency * 1000.0 for r in results],
          [kept_response(r) for r in results], *_leases(webhooks, held)),
     )  # fmt: skip
@@ -549,9 +555,9 @@ INSERT INTO webhooks (name, state, disabled_reason, consecutive_failures, delive
     last_success, last_error, failing_since, last_alert, last_alert_at)
 SELECT m.webhook, m.state, m.disabled_reason, m.consecutive_failures, m.delivered, m.failed,
     m.last_success, m.last_error, m.failing_since, m.last_alert, m.last_alert_at
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::integer[], %s::bigint[], %s::bigint[],
-            %s::float8[], %s::text[], %s::float8[], %s::text[], %s::float8[], %s::text[],
-            %s::bigint[])
+FROM unnest(%b::text[], %b::text[], %b::text[], %b::integer[], %b::bigint[], %b::bigint[],
+            %b::float8[], %b::text[], %b::float8[], %b::text[], %b::float8[], %b::text[],
+            %b::bigint[])
     AS m(webhook, state, disabled_reason, consecutive_failures, delivered, failed,
          last_success, last_error, failing_since, last_alert, last_alert_at, owner, epoch)
 WHERE true{fence}
@@ -583,9 +589,9 @@ def save_states(
         _SAVE_STATES[fence is not None],
         (names, [x.state for x in s], [x.disabled_reason for x in s],
          [x.consecutive_failures for x in s], [x.delivered for x in s], [x.failed for x in s],
-         [x.last_success for x in s], [x.last_error for x in s],
-         [x.alerts.failing_since for x in s], [x.alerts.last_alert for x in s],
-         [x.alerts.last_alert_at for x in s], *_leases(names, held)),
+         _floats(x.last_success for x in s), [x.last_error for x in s],
+         _floats(x.alerts.failing_since for x in s), [x.alerts.last_alert for x in s],
+         _floats(x.alerts.last_alert_at for x in s), *_leases(names, held)),
     )  # fmt: skip
     return lost
 
@@ -657,7 +663,7 @@ def purge(conn: psycopg.Connection, cutoff: float, limit: int) -> tuple[int, int
     ]
     if seqs:
         for table in ("attempts", "deliveries", "events"):
-            conn.execute(f"DELETE FROM {table} WHERE seq = ANY(%s)", (seqs,))
+            conn.execute(f"DELETE FROM {table} WHERE seq = ANY(%b::bigint[])", (seqs,))
     old = conn.execute(
         "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE at < %s LIMIT %s)",
         (cutoff, limit),
@@ -687,7 +693,7 @@ WHERE upto - (length - %(cap)s) < %(excess)s ORDER BY id
 """
 _SET_CUT = """
 UPDATE attempts a SET response = c.response, size = c.size
-FROM unnest(%s::bigint[], %s::text[], %s::bigint[]) AS c(id, response, size) WHERE a.id = c.id
+FROM unnest(%b::bigint[], %b::text[], %b::bigint[]) AS c(id, response, size) WHERE a.id = c.id
 """
 
 
@@ -754,7 +760,7 @@ ORDER BY d.seq LIMIT %s
 _PENDING_BY_SEQ_SQL = """
 SELECT d.seq, e.id, e.type, e.body, d.attempts, d.next_at
 FROM deliveries d JOIN events e ON e.seq = d.seq
-WHERE d.state = 'pending' AND d.webhook = %s AND d.seq = ANY(%s)
+WHERE d.state = 'pending' AND d.webhook = %s AND d.seq = ANY(%b::bigint[])
 ORDER BY d.seq
 """
 
