@@ -23,6 +23,7 @@ from router.messages import (
     Revive,
     WebhookState,
 )
+from tests import postgres
 from tests.postgres import free_port
 from tests.test_journal import DEADLINE, accepted, answer, result, wait_until
 
@@ -809,3 +810,17 @@ def test_the_writer_connects_again_after_its_connection_broke(pg_dsn):
         reader.close()
     finally:
         writer.close()
+
+
+# --------------------------------------------------------------------------- the test server
+
+
+def test_without_postgresql_and_no_way_to_install_it_the_tests_fail_saying_why(
+    tmp_path, monkeypatch
+):
+    script = tmp_path / "install.sh"
+    script.write_text("echo 'E: Unable to locate package postgresql' >&2\nexit 100\n")
+    monkeypatch.setattr(postgres, "INSTALL", script)
+    monkeypatch.setattr(postgres.glob, "glob", lambda pattern: [])
+    with pytest.raises(pytest.fail.Exception, match=r"could not install it \(exit 100\): E: Un"):
+        postgres.binaries()
