@@ -159,7 +159,7 @@ class Api:
             made = secret = new_secret()
         doc["secret"] = secret
         try:
-            hook = config.api_webhook(doc, self.app.config.defaults)
+            hook = config.api_webhook(doc, self.app.config)
         except config.Invalid as e:
             raise _invalid(e) from None
         if hook.signature == "none" and made:

@@ -295,7 +295,7 @@ class App:
         """
         with self._reload_lock:
             name = doc.get("name")
-            hook = config.api_webhook(doc, self.config.defaults)
+            hook = config.api_webhook(doc, self.config)
             current = next((w for w in self.config.webhooks if w.name == name), None)
             if create and current is not None:
                 where = "made through the API" if current.source == API_SOURCE else (

@@ -231,6 +231,7 @@ def _ingest(f: File, top: Map) -> IngestConfig:
     )
 
 
+ALERT_EMAIL_NEEDS = "needs alerts.email (the SMTP server that sends it)"
 ALERTS_NAME = "alerts"  # the alert endpoint's name in logs and in its events' `webhook` field
 CHANNELS = ("webhook", "email")  # the ways alerts go out
 
@@ -242,8 +243,7 @@ def _alerts(f: File, top: Map, webhooks: list[tuple[File, str, Map]]) -> AlertsC
     if email is None:
         for wf, p, w in webhooks:
             if "alert_email" in w.keys_at:
-                wf.error(w.keys_at["alert_email"], join(p, "alert_email"),
-                         "needs alerts.email (the SMTP server that sends it)")  # fmt: skip
+                wf.error(w.keys_at["alert_email"], join(p, "alert_email"), ALERT_EMAIL_NEEDS)
     if "alerts" not in top or top["alerts"] is None:
         return AlertsConfig()
     # A channel whose value is wrong counts as set: its own error says why.
@@ -445,13 +445,15 @@ class Invalid(RouterError):
         super().__init__("; ".join(f"{path}: {message}" for path, message in problems))
 
 
-def api_webhook(doc: Mapping[str, Any], defaults: Mapping[str, Any]) -> WebhookConfig:
-    """One webhook as the API received it, checked and built as a file's webhook is.
+def api_webhook(doc: Mapping[str, Any], cfg: Config) -> WebhookConfig:
+    """One webhook as the API received it, checked and built as a file's webhook is, with
+    ``cfg``'s ``defaults:`` and ``alerts:``.
 
     The same schema and the same messages, with the body's key paths (``retry.attempts``,
     ``match[0].events``). Its secret is its own: a shared secret in ``defaults`` is not
     given to it, and of the secret keys only ``secret`` is taken. Raises ``Invalid``.
     """
+    defaults = cfg.defaults
     problems: list[tuple[str, str]] = []
     f = File("api", os.getcwd(), {}, [], 0, problems)
     for key in _OPERATORS_SECRETS:
@@ -465,6 +467,8 @@ def api_webhook(doc: Mapping[str, Any], defaults: Mapping[str, Any]) -> WebhookC
     if checked is not BAD:
         own = {k: v for k, v in defaults.items() if k not in SECRET_KEYS}
         hook = _webhook(f, "", checked, own, {})
+    if hook is not None and hook.alert_email and cfg.alerts.email is None:
+        problems.append(("alert_email", ALERT_EMAIL_NEEDS))
     if problems or hook is None:
         raise Invalid(problems or [("", "expected a webhook")])
     return replace(hook, source=API_SOURCE)

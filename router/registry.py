@@ -184,7 +184,7 @@ def merged(
             )
             continue
         try:
-            made.append(config.api_webhook(doc, cfg.defaults))
+            made.append(config.api_webhook(doc, cfg))
         except config.Invalid as e:
             keeps = "keeps running as it was" if name in before else "does not run"
             log.error("webhook %s (made through the API) is invalid now: %s; it %s", name, e, keeps)

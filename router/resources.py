@@ -79,6 +79,9 @@ def _rate(count: float, per: float) -> str:
 def webhook(w: WebhookConfig, status: dict | None, full: bool = True) -> dict[str, Any]:
     """Settings, ``source`` and the status fields of ``status --json`` (``status``: a snapshot)."""
     shown = settings(w, full)
+    # `health` is the status field here (as in `status --json`); the `health:` setting (its
+    # probe_interval) is shown as `health_check`, and written back as `health:` (SPEC §6).
+    shown["health_check"] = shown.pop("health")
     shown["source"] = w.source  # "FILE:LINE", or "api" (config.API_SOURCE)
     for key, value in (status or {"state": "unknown", "health": "UNKNOWN"}).items():
         if key not in _NOT_STATUS:

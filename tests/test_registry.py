@@ -101,14 +101,14 @@ def test_an_api_webhook_the_new_defaults_make_invalid_keeps_running_as_it_was(ca
 
 def test_a_shared_secret_in_the_defaults_is_not_given_to_api_webhooks():
     with pytest.raises(config.Invalid) as e:
-        config.api_webhook({k: v for k, v in DOC.items() if k != "secret"}, {"secret": (b"x",)})
+        config.api_webhook({k: v for k, v in DOC.items() if k != "secret"}, _cfg(secret=(b"x",)))
     assert e.value.problems[0][0] == "secret"
 
 
 def test_writable_names_the_file_and_line_of_a_files_webhook():
     with pytest.raises(Conflict, match=r"defined in r.yaml:7 and is read-only through the API"):
         registry.writable(WebhookConfig("filed", "https://a.example.com/", source="r.yaml:7"), "f")
-    registry.writable(replace(config.api_webhook(DOC, {}), source=API_SOURCE), "made")
+    registry.writable(replace(config.api_webhook(DOC, _cfg()), source=API_SOURCE), "made")
 
 
 def test_export_leaves_the_secret_out_and_names_a_variable_for_it():
@@ -119,3 +119,9 @@ def test_export_leaves_the_secret_out_and_names_a_variable_for_it():
                     "secret_env": "WEBHOOK_ROUTER_SECRET_MADE"}  # fmt: skip
     assert opened["signature"] == "none" and "secret_env" in opened  # DOC has a secret
     assert yaml.safe_load(registry.exported({})) == []
+
+
+def test_alert_email_on_an_api_webhook_needs_the_smtp_server_as_in_a_file():
+    with pytest.raises(config.Invalid) as e:
+        config.api_webhook({**DOC, "alert_email": ["owner@example.com"]}, _cfg())
+    assert e.value.problems == [("alert_email", config.ALERT_EMAIL_NEEDS)]

@@ -122,3 +122,5 @@ def test_a_webhook_adds_its_source_and_the_status_fields_but_keeps_its_own_url(t
     assert shown["url"] == busy.url and shown["name"] == "busy"
     assert webhook(replace(busy, source=API_SOURCE), None)["source"] == "api"
     assert webhook(busy, None)["state"] == "unknown"
+    assert shown["health"] == "UNHEALTHY"  # the status field, as in status --json
+    assert shown["health_check"] == {"probe_interval": 300.0}  # the `health:` setting

@@ -422,6 +422,7 @@ function formPayload() {
       const v = editing[k];
       if (v !== null && v !== undefined && !(Array.isArray(v) && !v.length)) payload[k] = v;
     }
+    if (editing.health_check) payload.health = editing.health_check;  // `health` is the status
   }
   payload.name = $("#f-name").value.trim();
   payload.url = $("#f-url").value.trim();

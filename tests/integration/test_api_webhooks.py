@@ -245,3 +245,14 @@ def test_export_prints_the_api_made_webhooks_as_yaml_without_their_secrets(
 
     loaded = config.load(str(conf / "router.yaml"), {"WEBHOOK_ROUTER_SECRET_MADE": SECRET})
     assert [w.name for w in loaded.webhooks] == ["made"]
+
+
+def test_the_health_setting_shows_as_health_check_beside_the_health_status(hooks, daemon_factory):
+    _, api = start(daemon_factory, hooks)
+    status, made = _create(api, _made(hooks, health={"probe_interval": "5m"}))
+    assert status == 201
+    assert (made["health"], made["health_check"]) == ("HEALTHY", {"probe_interval": 300.0})
+    got = api.get("/api/v1/webhooks/made")[1]
+    doc = {k: got[k] for k in ("name", "url", "events")} | {"health": got["health_check"]}
+    assert _put(api, "made", doc | {"timeout": 3})[0] == 200  # written back as `health:`
+    assert api.get("/api/v1/webhooks/made")[1]["health_check"] == {"probe_interval": 300.0}
