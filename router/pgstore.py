@@ -168,17 +168,19 @@ BEGIN
 END $$;
 CREATE TRIGGER attempt_resized AFTER UPDATE OF size ON attempts FOR EACH ROW
     WHEN (OLD.size IS DISTINCT FROM NEW.size) EXECUTE FUNCTION attempt_resized();
-CREATE FUNCTION delivery_finished() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION deliveries_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE attempts a SET trim_order = CASE WHEN NEW.state NOT {_OPEN} THEN 1
+    UPDATE attempts a SET trim_order = CASE WHEN n.state NOT {_OPEN} THEN 1
         WHEN a.id = (SELECT max(b.id) FROM attempts b
-                     WHERE b.seq = NEW.seq AND b.webhook = NEW.webhook) THEN 3 ELSE 2 END
-    WHERE a.seq = NEW.seq AND a.webhook = NEW.webhook;
+                     WHERE b.seq = n.seq AND b.webhook = n.webhook) THEN 3 ELSE 2 END
+    FROM new_rows n JOIN old_rows o ON o.seq = n.seq AND o.webhook = n.webhook
+    WHERE (o.state {_OPEN}) IS DISTINCT FROM (n.state {_OPEN})
+        AND a.seq = n.seq AND a.webhook = n.webhook;
     RETURN NULL;
 END $$;
-CREATE TRIGGER delivery_finished AFTER UPDATE OF state ON deliveries FOR EACH ROW
-    WHEN ((OLD.state {_OPEN}) IS DISTINCT FROM (NEW.state {_OPEN}))
-    EXECUTE FUNCTION delivery_finished();
+CREATE TRIGGER deliveries_changed AFTER UPDATE ON deliveries
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION deliveries_changed();
 """
 
 _UPGRADES = {1: _SCHEMA_V1}  # version -> the script that makes it from the one before

@@ -209,6 +209,9 @@ def test_outcomes_of_one_delivery_in_one_call_leave_its_attempts_in_trim_order(d
     assert db.rows("SELECT seq, number, trim_order FROM attempts ORDER BY seq, number") == [
         (s1, 1, 1), (s1, 2, 1), (s2, 1, 2), (s2, 2, 3), (s3, 1, 1),
     ]  # fmt: skip
+    db.tx("revive", Revive("a", lambda r: None, include_done=True, event="e1"))  # open again
+    assert db.rows("SELECT number, trim_order FROM attempts WHERE seq = ? ORDER BY number",
+                   s1) == [(1, 2), (2, 3)]  # fmt: skip
     db.record(db.outcome(s2, 3, NOW + 9, "pending", next_at=NOW + 10))  # stays unfinished
     db.tx("cancel", "a")  # finished now: every row 1
     assert db.rows("SELECT DISTINCT trim_order FROM attempts") == [(1,)]
