@@ -64,6 +64,7 @@ SCHEMA_VERSION = 1
 EMPTY, CURRENT, OLDER, UNKNOWN = "empty", "current", "older", "unknown"  # schema_state's answers
 
 NOTIFY_CHANNEL = "wr_deliveries"
+WEBHOOKS_CHANNEL = "wr_webhooks"  # the API-made webhooks changed: each daemon reads them again
 NOTIFY_MAX = 8000  # bytes of a notification's payload (PostgreSQL's limit is just under 8000)
 NOTIFY_ALL = "*"  # the payload when the names would not fit: every webhook has news
 
@@ -89,6 +90,10 @@ class LeaseLost(RouterError):
 
 _OPEN = "IN ('pending', 'exhausted')"  # the states of a delivery that may still be attempted
 
+# The triggers' joins with their transition tables run by EXECUTE: planned at each call, for
+# that statement's rows and the table's size then (a plan kept from when the table was small
+# scans all of it).
+#
 # Version 1: the tables of router.store's schema 3, api_webhooks (router.registry's) and,
 # for the cluster, nodes and leases. Trim order as in router.store: 1, attempts of finished
 # deliveries; 2, older attempts of an unfinished one; 3, the newest attempt of each
@@ -142,8 +147,8 @@ BEGIN
     IF added IS NULL THEN RETURN NULL; END IF;
     UPDATE attempt_log SET bytes = bytes + added WHERE slot = pg_backend_pid() % {LOG_SLOTS};
     UPDATE attempt_log_cut SET cut_below = lowest WHERE cut_below > lowest;
-    UPDATE attempts a SET trim_order = 2 FROM new_rows n
-        WHERE a.seq = n.seq AND a.webhook = n.webhook AND a.trim_order = 3 AND a.id < n.id;
+    EXECUTE $q$UPDATE attempts a SET trim_order = 2 FROM new_rows n
+        WHERE a.seq = n.seq AND a.webhook = n.webhook AND a.trim_order = 3 AND a.id < n.id$q$;
     RETURN NULL;
 END $$;
 CREATE TRIGGER attempts_added AFTER INSERT ON attempts REFERENCING NEW TABLE AS new_rows
@@ -170,12 +175,12 @@ CREATE TRIGGER attempt_resized AFTER UPDATE OF size ON attempts FOR EACH ROW
     WHEN (OLD.size IS DISTINCT FROM NEW.size) EXECUTE FUNCTION attempt_resized();
 CREATE FUNCTION deliveries_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE attempts a SET trim_order = CASE WHEN n.state NOT {_OPEN} THEN 1
+    EXECUTE $q$UPDATE attempts a SET trim_order = CASE WHEN n.state NOT {_OPEN} THEN 1
         WHEN a.id = (SELECT max(b.id) FROM attempts b
                      WHERE b.seq = n.seq AND b.webhook = n.webhook) THEN 3 ELSE 2 END
     FROM new_rows n JOIN old_rows o ON o.seq = n.seq AND o.webhook = n.webhook
     WHERE (o.state {_OPEN}) IS DISTINCT FROM (n.state {_OPEN})
-        AND a.seq = n.seq AND a.webhook = n.webhook;
+        AND a.seq = n.seq AND a.webhook = n.webhook$q$;
     RETURN NULL;
 END $$;
 CREATE TRIGGER deliveries_changed AFTER UPDATE ON deliveries
@@ -888,3 +893,8 @@ def put_api_webhook(conn: psycopg.Connection, name: str, document: str, now: flo
 
 def delete_api_webhook(conn: psycopg.Connection, name: str) -> None:
     conn.execute("DELETE FROM api_webhooks WHERE name = %s", (name,))
+
+
+def webhooks_changed(conn: psycopg.Connection) -> None:
+    """Tell every daemon that the API-made webhooks changed (sent when the caller commits)."""
+    conn.execute("SELECT pg_notify(%s, '')", (WEBHOOKS_CHANNEL,))
