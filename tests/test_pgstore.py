@@ -676,6 +676,66 @@ def test_event_seqs_commit_in_the_order_they_are_given(pg_dsn, pg):
         other.close()
 
 
+def test_daemons_writing_and_taking_leases_at_once_neither_deadlock_nor_skip_a_seq(pg_dsn, pg):
+    """Three writers (events, fenced outcomes), a lease taker and a reader paging by seq."""
+    lease(pg, "a", "n1", 1)
+    epoch = {"a": 1}  # the taker's latest, which the writers fence with (sometimes stale)
+    failures: list[BaseException] = []
+    writing = threading.Event()
+    read: list[int] = []
+
+    def guarded(fn):
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:
+                failures.append(e)
+
+        return run
+
+    def writer(n: int) -> None:
+        with pgstore.connect(pg_dsn) as conn:
+            for i in range(30):
+                with conn.transaction():
+                    items = (accepted(f"w{n}-{i}", "a", "b"),)
+                    (c,) = pgstore.insert_events(conn, Append(items), NOW)
+                    outcome = Outcome("a", c.seq, result(c.seq, 1, NOW), "done")
+                    pgstore.record_outcomes(conn, [outcome], {"a": ("n1", epoch["a"])})
+
+    def taker() -> None:
+        with pgstore.connect(pg_dsn) as conn:
+            for _ in range(30):
+                with conn.transaction():
+                    pgstore.hold_off_writers(conn)
+                    conn.execute("UPDATE leases SET epoch = epoch + 1 WHERE webhook = 'a'")
+                epoch["a"] += 1
+
+    def reader() -> None:
+        with pgstore.connect(pg_dsn) as conn:
+            last = False
+            while not last:
+                last = not writing.is_set()  # one more read after the writers are done
+                after = read[-1] if read else 0
+                read.extend(d.seq for d in pgstore.pending_deliveries(conn, "b", after, 1000)[0])
+
+    threads = [threading.Thread(target=guarded(lambda n=n: writer(n))) for n in range(3)]
+    threads.append(threading.Thread(target=guarded(taker)))
+    writing.set()
+    for t in threads:
+        t.start()
+    paging = threading.Thread(target=guarded(reader))
+    paging.start()
+    for t in threads:
+        t.join(60)
+    writing.clear()
+    paging.join(DEADLINE)
+    assert failures == []
+    assert not any(t.is_alive() for t in [*threads, paging])
+    assert read == [seq for (seq,) in pg.rows("SELECT seq FROM deliveries WHERE webhook = 'b'"
+                                              " ORDER BY seq")]  # fmt: skip
+    assert len(read) == 90
+
+
 def test_the_attempt_log_count_adds_up_over_many_connections(pg_dsn, pg):
     seqs = pg.append(*(accepted(f"e{i}", "a") for i in range(20)))
     conns = [pgstore.connect(pg_dsn) for _ in range(5)]
