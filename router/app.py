@@ -39,14 +39,13 @@ from router.control import ControlServer
 from router.dispatch import Diff, Dispatcher
 from router.envelope import new_id, synthetic
 from router.filter import Filter, FilterActor, FilterAddress, Swap
-from router.handle import Starter, WebhookHandle
-from router.journal import Journal
-from router.messages import Attempt
+from router.handle import Starter, WebhookHandle, new_core
+from router.journal import Journal, Restored
+from router.messages import Attempt, WebhookState
 from router.metrics import MetricsServer
 from router.receiver import MAX_OUTSTANDING_BYTES, AckChannel, Bind, Publish, Receiver, Waiter
 from router.scheduler import Scheduler
 from router.senders import Senders
-from router.store import attempts
 from router.supervisor import Disable, Enable, Replay, Wiring
 from router.webhook import TEST_EVENT
 
@@ -82,6 +81,16 @@ class App:
         self.started_at = time.monotonic()
         self._reload_lock = threading.Lock()
         self.channel = AckChannel()
+        # Several daemons on one PostgreSQL (SPEC §8): this one delivers the webhooks whose
+        # lease it holds, and writes their state fenced by those leases.
+        shared = cfg.journal_backend == "postgresql"
+        self.cluster: Any = None  # a router.cluster.Cluster
+        if shared:
+            from router.cluster import Cluster  # psycopg: only where PostgreSQL is used
+
+            self.cluster = Cluster(cfg.journal_dsn, cfg.node, cfg.lease,
+                                   lambda: {w.name: w for w in self.config.webhooks},
+                                   self.refresh_webhooks)  # fmt: skip
         # The journal answers the dispatcher, which is built once the wiring exists.
         self.journal = Journal(
             os.path.join(cfg.state_dir, config.JOURNAL_FILE),
@@ -91,6 +100,9 @@ class App:
             on_error=lambda append, reason: self.dispatcher.refused(append, reason),
             attempt_log_max=cfg.attempt_log_max,
             sync=cfg.journal_sync,
+            dsn=cfg.journal_dsn if shared else None,
+            fence=self.cluster and self.cluster.fence,
+            on_lost=self.cluster and self.cluster.lost,
         )
         if cfg.delivery_processes:
             self.pool = Senders(cfg.delivery_processes, cfg.delivery_workers, self.clock)
@@ -111,9 +123,14 @@ class App:
             self.starter,
             self.budget,
             alerter=self.alerter,
+            deadline=self.cluster and self.cluster.keeper.deadline,
         )
-        self.dispatcher = Dispatcher(self.wiring, self.channel)
-        self.registry = registry.Registry(self.journal.path)  # the API-made webhooks
+        self.dispatcher = Dispatcher(self.wiring, self.channel, shared=shared)
+        # The API-made webhooks: in the journal, whichever it is.
+        self.registry: Any = (
+            registry.SharedRegistry(cfg.journal_dsn) if shared
+            else registry.Registry(self.journal.path)
+        )  # fmt: skip
         self.filter: pykka.ActorRef | None = None
         self.to_filter = FilterAddress()  # the receiver's sink
         self.catalog = Catalog(self.clock)  # what the filter has seen; outlives filter actors
@@ -137,16 +154,20 @@ class App:
         if conflicts:
             raise RouterError("; ".join(conflicts))
         self.config = cfg
-        # No queue heads now: each webhook loads its own through the memory budget.
-        restored = self.journal.load([w.name for w in cfg.webhooks], 0)
+        # No queue heads now: each webhook loads its own through the memory budget. With a
+        # shared journal the webhooks start as their leases are taken (below).
+        mine = [] if self.cluster else cfg.webhooks
+        restored = {} if self.cluster else self.journal.load([w.name for w in mine], 0)
         self.journal.start()
         self.scheduler.start()
         self.starter.start()
         self.alerter.start()
-        self.dispatcher.start(cfg.webhooks, restored)
+        self.dispatcher.start(mine, restored)
         self.filter = self.to_filter.ref = FilterActor.start(
             Filter.from_config(cfg), self.journal.submit, self.catalog
         )
+        if self.cluster:
+            self.cluster.start(self.dispatcher, [w.name for w in cfg.webhooks])
         self._start_receiver()
         for addr in (cfg.ingest.bind, cfg.ingest.ack_bind):
             if addr and addr.startswith("tcp://") and cfg.ingest.curve is None:
@@ -214,7 +235,9 @@ class App:
         if self.api:
             self.api.stop()
         self.registry.close()
-        self.journal.stop()
+        self.journal.stop()  # its last writes still under this daemon's leases
+        if self.cluster:
+            self.cluster.stop()  # others take the leases now, not after they expire
         self.channel.close()
         alive = pykka.ActorRegistry.get_all()
         if alive:
@@ -282,7 +305,26 @@ class App:
             old.webhooks, new.webhooks, lambda: self.filter.tell(Swap(Filter.from_config(new)))
         )
         self.config = _with_runtime(new, old)
+        if self.cluster:
+            self.cluster.want(w.name for w in new.webhooks)
         return diff
+
+    def refresh_webhooks(self) -> None:
+        """Another daemon changed the API-made webhooks (SPEC §8): apply the new set."""
+        with self._reload_lock:
+            try:
+                self.registry.refresh()
+            except RouterError as e:
+                log.error("%s; the API-made webhooks stay as they were", e)
+                return
+            new, conflicts = registry.merged(self.config, self.registry.documents(),
+                                             self.config.webhooks)  # fmt: skip
+            for line in conflicts:
+                log.error("API-made webhooks from another daemon refused: %s", line)
+            if not conflicts:
+                diff = self._apply(new)
+                log.info("API-made webhooks changed elsewhere: %d added, %d removed, %d changed",
+                         len(diff.added), len(diff.removed), len(diff.changed))  # fmt: skip
 
     # ------------------------------------------------------------------ API-made webhooks
 
@@ -361,7 +403,7 @@ class App:
         return {
             "version": __version__,
             "uptime": round(time.monotonic() - self.started_at, 3),
-            "webhooks": self._snapshots(),
+            "webhooks": self._snapshots() if self.cluster is None else self._everywhere(),
             "events": {
                 "received": count("events_received_total"),
                 "rejected": int(rejected),
@@ -376,8 +418,45 @@ class App:
             },
         }
 
+    def _everywhere(self) -> list[dict]:
+        """Every webhook with its ``owner`` (SPEC §8), in config order: those held here as
+        their supervisors say, the others as the journal has them."""
+        here = {s["name"]: s for s in self._snapshots()}
+        others = [w for w in self.config.webhooks if w.name not in here]
+        owners = self.cluster.owner([w.name for w in others]) if others else {}
+        saved: dict = {}
+        counts: dict = {}
+        if others:
+            conn = self.journal.reader()
+            try:
+                saved, counts = self.journal.db.saved_states(conn), self.journal.db.unfinished(conn)
+            finally:
+                conn.close()
+        out = []
+        for w in self.config.webhooks:
+            if w.name in here:
+                snap = here[w.name] | {"owner": self.cluster.node}
+            else:
+                queued, exhausted = counts.get(w.name, (0, 0))
+                state = saved.get(w.name, WebhookState())
+                core = new_core(w, Restored(state, (), queued, exhausted), self.wiring)
+                snap = core.snapshot() | {"owner": owners.get(w.name)}
+            out.append(snap)
+        return out
+
+    def _held(self, name: str) -> WebhookHandle:
+        """The handle of a webhook this daemon delivers; who does, when another does."""
+        try:
+            return self.dispatcher.get(name)
+        except RouterError:
+            if self.cluster is None or name not in {w.name for w in self.config.webhooks}:
+                raise
+            owner = self.cluster.owner([name]).get(name)
+            where = f"daemon {owner}" if owner else "no daemon at the moment (its lease is free)"
+            raise RouterError(f"webhook '{name}' is delivered by {where}: ask there") from None
+
     def enable(self, name: str) -> dict:
-        ref = self.dispatcher.get(name)
+        ref = self._held(name)
         future = ref.ask(Enable(), timeout=ASK_TIMEOUT)
         wait = _answer_wait(self.config_for(name))
         try:
@@ -388,7 +467,7 @@ class App:
             ) from None
 
     def disable(self, name: str) -> dict:
-        return self.dispatcher.get(name).ask(Disable(), timeout=ASK_TIMEOUT)
+        return self._held(name).ask(Disable(), timeout=ASK_TIMEOUT)
 
     def replay(
         self,
@@ -399,16 +478,16 @@ class App:
         event: str | None = None,
     ) -> dict:
         replay = Replay(since, failed_only, until, event)
-        future = self.dispatcher.get(name).ask(replay, timeout=ASK_TIMEOUT)
+        future = self._held(name).ask(replay, timeout=ASK_TIMEOUT)
         return future.get(timeout=60)
 
     def attempts(
         self, name: str, limit: int, failed: bool = False, event: str | None = None
     ) -> list[dict]:
-        self.dispatcher.get(name)
+        self.config_for(name)  # the attempt log is in the journal, whoever delivers it
         conn = self.journal.reader()
         try:
-            return attempts(conn, name, limit, failed, event)
+            return self.journal.db.attempts(conn, name, limit, failed, event)
         finally:
             conn.close()
 

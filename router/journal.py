@@ -193,13 +193,13 @@ class Journal:
         # state fenced by ``fence`` (webhook -> this daemon's lease), ``on_lost`` told
         # (after the commit) of the webhooks whose lease turned out to be gone.
         self._dsn = dsn
-        self._db: Any = store
+        self.db: Any = store  # the backend's statements; other threads use them on reader()
         self._fencing: dict[str, Any] = {}
         self._lease_lost: Any = ()  # the exception a fenced write raises: none without leases
         if dsn is not None:
             from router import pgstore  # psycopg: only where PostgreSQL is used
 
-            self._db = pgstore
+            self.db = pgstore
             self._lease_lost = pgstore.LeaseLost
             self._fencing = {} if fence is None else {"fence": fence}
         self._on_lost = on_lost
@@ -229,7 +229,7 @@ class Journal:
     def open(self) -> None:
         """Create the directory (0700), the file (0600) and the schema; open the writer."""
         if self._dsn is not None:
-            self._writer = self._db.Writer(self._dsn)
+            self._writer = self.db.Writer(self._dsn)
             return
         self._writer = store.Writer(
             self.path, self._max_pages, self._sync, WAL_BACKSTOP_PAGES, WAL_KEPT_BYTES
@@ -295,7 +295,7 @@ class Journal:
         """
         if self._writer is None or self._thread is not None:
             raise RouterError("journal.load() must run after open() and before start()")
-        writer, names, db = self._writer, list(dict.fromkeys(webhooks)), self._db
+        writer, names, db = self._writer, list(dict.fromkeys(webhooks)), self.db
         conn = writer.conn
         known = set(names)
         try:
@@ -429,7 +429,7 @@ class Journal:
         submitted before it. Appends commute with both: an outcome's event is
         always in an earlier transaction.
         """
-        conn, db = self._writer.conn, self._db
+        conn, db = self._writer.conn, self.db
         outcomes: list[Outcome] = []
         states: list[tuple[str, WebhookState]] = []
         for msg in todo:
@@ -448,7 +448,7 @@ class Journal:
         self, outcomes: list[Outcome], states: list[tuple[str, WebhookState]], out: _Results
     ) -> None:
         """Write the run of outcomes and states so far, and start a new run."""
-        conn, db = self._writer.conn, self._db
+        conn, db = self._writer.conn, self.db
         if outcomes:
             out.lost |= db.record_outcomes(conn, outcomes, **self._fencing) or set()
             outcomes.clear()
@@ -473,7 +473,7 @@ class Journal:
 
     def _one(self, msg: Any, now: float, out: _Results) -> None:
         """Apply one message; what it answers goes into ``out``, run once committed."""
-        conn, db = self._writer.conn, self._db
+        conn, db = self._writer.conn, self.db
         if isinstance(msg, Append):
             out.committed.extend(db.insert_events(conn, msg, now))
         elif isinstance(msg, Outcome):
@@ -514,7 +514,7 @@ class Journal:
         """A shared journal: one notification for the commit, naming the webhooks it feeds."""
         if self._dsn is not None and out.committed:
             fed = {t for c in out.committed if c.seq is not None for t in c.item.targets}
-            self._db.notify(self._writer.conn, fed)
+            self.db.notify(self._writer.conn, fed)
 
     def _failed(self, work: list[Any], exc: BaseException) -> None:
         """Answer the Appends of a failed transaction; keep the rest for a retry.
@@ -568,7 +568,7 @@ class Journal:
         if ceiling is None or (self._log_full == "over" and not periodic):
             return 0
         limit = PURGE_CHUNK if periodic else TRIM_CHUNK
-        gone, size = self._db.trim_attempts(self._writer.conn, ceiling, limit)
+        gone, size = self.db.trim_attempts(self._writer.conn, ceiling, limit)
         if gone == limit:
             self._next_purge = self._clock.monotonic()  # more to do: next loop, between batches
         full = "over" if size > ceiling else "trimming" if gone or self._log_full else ""
@@ -593,7 +593,7 @@ class Journal:
         cutoff = self._clock.time() - self._retention
         try:
             writer.begin()
-            events, old = self._db.purge(writer.conn, cutoff, PURGE_CHUNK)
+            events, old = self.db.purge(writer.conn, cutoff, PURGE_CHUNK)
             old += self._trim(periodic=True)
             writer.commit()
         except writer.errors as e:

@@ -1,13 +1,13 @@
 """Leases (SPEC §8): which daemon delivers which webhook, judged by the database's clock.
 
 One row per webhook in ``leases`` (owner, epoch, expiry) and one per daemon in
-``nodes`` (its heartbeat). A ``LeaseKeeper`` thread runs a *round* every third of
-``lease``, one transaction: it heartbeats, renews the leases it holds, lets go of
-those beyond its fair share (``ceil(webhooks / live daemons)``) and takes free or
-expired ones up to that share, each take bumping the lease's epoch. A daemon whose
-heartbeat is older than ``lease`` is not counted as live, so the survivors' shares
-grow and they take its expired leases; a daemon that joins makes every share
-smaller, and the others let go of their extras for it to take.
+``nodes`` (its heartbeat): tables of ``router.pgstore``'s schema. A ``LeaseKeeper``
+thread runs a *round* every third of ``lease``, one transaction: it heartbeats, renews
+the leases it holds, lets go of those beyond its fair share (``ceil(webhooks / live
+daemons)``) and takes free or expired ones up to that share, each take bumping the
+lease's epoch. A daemon whose heartbeat is older than ``lease`` is not counted as live,
+so the survivors' shares grow and they take its expired leases; a daemon that joins
+makes every share smaller, and the others let go of their extras for it to take.
 
 Expiries are the database's (``now()``); the daemon's own clock only measures how
 long it may trust what it holds: until the monotonic time it *sent* the last round
@@ -31,16 +31,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-log = logging.getLogger(__name__)
+from router.pgstore import hold_off_writers
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS nodes (
-    name text PRIMARY KEY, started_at timestamptz NOT NULL, heartbeat_at timestamptz NOT NULL);
-CREATE TABLE IF NOT EXISTS leases (
-    webhook text PRIMARY KEY, owner text, epoch bigint NOT NULL DEFAULT 0,
-    expires_at timestamptz NOT NULL DEFAULT '-infinity');
-CREATE INDEX IF NOT EXISTS leases_by_owner ON leases (owner);
-"""
+log = logging.getLogger(__name__)
 
 _HEARTBEAT = """
 INSERT INTO nodes (name, started_at, heartbeat_at) VALUES (%s, now(), now())
@@ -98,7 +91,8 @@ class LeaseKeeper:
         self._lock = threading.Lock()  # the webhooks wanted, changed by reloads
         self._wanted: tuple[str, ...] = ()
         self._added: set[str] = set()  # rows known to exist in ``leases``
-        self.held: dict[str, int] = {}  # webhook -> epoch; the keeper's thread writes it
+        self.held: dict[str, int] = {}  # webhook -> epoch; changed under _holding only
+        self._holding = threading.RLock()  # the keeper's rounds, and give_up from elsewhere
         self._trusted_until = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -117,6 +111,11 @@ class LeaseKeeper:
     def epoch(self, webhook: str) -> int | None:
         return self.held.get(webhook)
 
+    def give_up(self, webhooks: list[str]) -> None:
+        """Another daemon holds these now (a fenced write matched nothing): stop them."""
+        with self._holding:
+            self._give_up(webhooks, release=False)
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="leases", daemon=True)
         self._thread.start()
@@ -126,7 +125,8 @@ class LeaseKeeper:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        self._give_up(list(self.held), release=True)
+        with self._holding:
+            self._give_up(list(self.held), release=True)
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -148,11 +148,13 @@ class LeaseKeeper:
         """One round; when it fails (the database is gone, slow or refusing), every lease
         is given up at once. True when the round succeeded."""
         try:
-            self.round()
+            with self._holding:
+                self.round()
             return True
         except Exception as e:
             log.error("leases: the round failed (%s); giving up every lease", _reason(e))
-            self._give_up(list(self.held), release=False)
+            with self._holding:
+                self._give_up(list(self.held), release=False)
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -171,9 +173,10 @@ class LeaseKeeper:
 
     def check(self) -> None:
         """Give up every lease if the last successful round is too long ago to trust them."""
-        if self.held and self._monotonic() >= self._trusted_until:
-            log.error("leases: no successful round since the leases ran out; giving them up")
-            self._give_up(list(self.held), release=False)
+        with self._holding:
+            if self.held and self._monotonic() >= self._trusted_until:
+                log.error("leases: no successful round since the leases ran out; giving up")
+                self._give_up(list(self.held), release=False)
 
     def round(self) -> None:
         """One transaction: heartbeat, renew, let go beyond the fair share, take up to it."""
@@ -203,6 +206,7 @@ class LeaseKeeper:
                 conn.execute(_RELEASE, (self.node, let_go))
             taken: dict[str, int] = {}
             if (need := share - len(keep[:share])) > 0:
+                hold_off_writers(conn)  # a write that checked the old lease commits first
                 rows = conn.execute(_TAKE, (self.node, self.lease, list(wanted), need)).fetchall()
                 taken = dict(rows)
         self._added.update(new)

@@ -62,14 +62,30 @@ def writable(webhook: WebhookConfig | None, name: str) -> None:
         )
 
 
-class Registry:
-    """The API-made webhooks' documents, by name: read at open, written through."""
+class _Documents:
+    """The documents by name, held in memory: what both stores give the daemon."""
 
-    def __init__(self, path: str):
-        self.path = path
-        self._conn: sqlite3.Connection | None = None
+    def __init__(self) -> None:
         self._docs: dict[str, dict] = {}
         self._lock = threading.Lock()
+
+    def documents(self) -> dict[str, dict]:
+        """Every document by name (copies: the caller may change them)."""
+        with self._lock:
+            return {name: dict(doc) for name, doc in self._docs.items()}
+
+    def _room_for(self, name: str) -> None:
+        if name not in self._docs and len(self._docs) >= MAX_WEBHOOKS:
+            raise Full(f"there are {MAX_WEBHOOKS} webhooks made through the API already")
+
+
+class Registry(_Documents):
+    """The API-made webhooks' documents in the SQLite journal: read at open, written through."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
 
     def open(self) -> None:
         """Open the journal's file (``router.store`` created it) and read every document."""
@@ -89,19 +105,11 @@ class Registry:
             self._conn.close()
             self._conn = None
 
-    def documents(self) -> dict[str, dict]:
-        """Every document by name (copies: the caller may change them)."""
-        with self._lock:
-            return {name: dict(doc) for name, doc in self._docs.items()}
-
     def put(self, name: str, doc: Mapping[str, Any], now: float) -> None:
         """Create or replace webhook ``name``; committed when this returns."""
-        text = json.dumps(doc, sort_keys=True)
-        if len(text.encode()) > MAX_DOCUMENT:
-            raise Full(f"webhook '{name}' is over {MAX_DOCUMENT} bytes as JSON")
+        text = _document(name, doc)
         with self._lock:
-            if name not in self._docs and len(self._docs) >= MAX_WEBHOOKS:
-                raise Full(f"there are {MAX_WEBHOOKS} webhooks made through the API already")
+            self._room_for(name)
             self._write(
                 "INSERT INTO api_webhooks VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE"
                 " SET document = excluded.document, updated_at = excluded.updated_at",
@@ -121,6 +129,74 @@ class Registry:
             self._conn.execute(sql, args)
         except sqlite3.Error as e:  # a full disk, an I/O error: nothing changed
             raise Full(f"cannot write the webhook to {self.path}: {e}") from e
+
+
+class SharedRegistry(_Documents):
+    """The API-made webhooks in the PostgreSQL journal several daemons share (SPEC §8).
+
+    Each change commits and announces itself in one transaction; every daemon's
+    ``router.cluster`` hears it and calls ``refresh`` (then applies the new set), so a
+    webhook made through one daemon's API runs on whichever holds its lease.
+    """
+
+    def __init__(self, dsn: str):
+        super().__init__()
+        self._dsn = dsn
+        self._conn: Any = None
+        self._db: Any = None  # router.pgstore, imported by open()
+        self._errors: Any = ()
+
+    def open(self) -> None:
+        import psycopg  # only where PostgreSQL is used
+
+        from router import pgstore
+
+        self._db, self._errors = pgstore, psycopg.Error
+        self._conn = pgstore.connect(self._dsn)
+        self.refresh()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def refresh(self) -> None:
+        """Read every document again (another daemon changed them)."""
+        with self._lock:
+            try:
+                rows = self._db.api_webhooks(self._conn)
+            except self._errors as e:
+                raise RouterError(f"cannot read the API-made webhooks: {e}") from e
+            self._docs = {name: json.loads(doc) for name, doc in rows}
+
+    def put(self, name: str, doc: Mapping[str, Any], now: float) -> None:
+        """Create or replace webhook ``name``; committed and announced when this returns."""
+        text = _document(name, doc)
+        with self._lock:
+            self._room_for(name)
+            self._change(self._db.put_api_webhook, name, text, now)
+            self._docs[name] = json.loads(text)
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            self._change(self._db.delete_api_webhook, name)
+            self._docs.pop(name, None)
+
+    def _change(self, write: Any, *args: Any) -> None:
+        try:
+            with self._conn.transaction():
+                write(self._conn, *args)
+                self._db.webhooks_changed(self._conn)
+        except self._errors as e:
+            raise Full(f"cannot write the webhook to the PostgreSQL journal: {e}") from e
+
+
+def _document(name: str, doc: Mapping[str, Any]) -> str:
+    """``doc`` as stored: JSON, within ``MAX_DOCUMENT`` bytes."""
+    text = json.dumps(doc, sort_keys=True)
+    if len(text.encode()) > MAX_DOCUMENT:
+        raise Full(f"webhook '{name}' is over {MAX_DOCUMENT} bytes as JSON")
+    return text
 
 
 def read_documents(path: str) -> dict[str, dict]:

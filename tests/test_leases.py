@@ -6,7 +6,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from router.leases import SCHEMA, LeaseKeeper, fair_share
+from router import pgstore
+from router.leases import LeaseKeeper, fair_share
 from tests.integration.conftest import wait_until
 
 HOOKS = ["a", "b", "c", "d", "e"]
@@ -30,8 +31,8 @@ class Clock:
 
 @pytest.fixture
 def keepers(pg_dsn):
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
+    with pgstore.connect(pg_dsn) as conn:
+        pgstore.create_schema(conn)
     made = []
 
     def make(node: str, lease: float = 30.0, clock=None, dsn: str = pg_dsn) -> tuple:
