@@ -245,6 +245,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Upgrade the PostgreSQL journal's schema to this router's (SPEC §8)."""
+    from router import config
+
+    try:
+        cfg = config.load(args.config)
+    except ConfigError as e:
+        for line in e.errors:
+            print(line, file=sys.stderr)
+        return 1
+    if cfg.journal_backend != "postgresql":
+        raise Fail(1, "migrate is for journal.backend: postgresql; the SQLite journal upgrades "
+                   "itself when the daemon starts")  # fmt: skip
+    from router import pgstore
+
+    with pgstore.connect(cfg.journal_dsn) as conn:
+        steps = pgstore.migrate(conn)
+    if steps:
+        print(f"schema upgraded to version {steps[-1]} (applied {', '.join(map(str, steps))})")
+    else:
+        print(f"schema already at version {pgstore.SCHEMA_VERSION}: nothing to do")
+    return 0
+
+
 def _token_name(text: str) -> str:
     try:
         return tokens.valid_name(text)
@@ -532,6 +556,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--company", action="append", default=[], metavar="C", type=_nonempty,
                    help="limit the token to this company's webhooks (repeatable)")  # fmt: skip
     p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("migrate", parents=[common],
+                       help="upgrade the PostgreSQL journal's schema")  # fmt: skip
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("export", parents=[common],
                        help="print the webhooks made through the API as YAML")  # fmt: skip

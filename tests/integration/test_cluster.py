@@ -183,3 +183,31 @@ def test_an_api_made_webhook_is_delivered_by_whichever_daemon_owns_it(cluster, h
         assert d.send({"type": "M_X", "id": f"m{i}"})["ok"]
     wait_until(lambda: sorted(hooks.ids("/made")) == ["m0", "m1"], timeout=30, what="both")
     assert Path(tmp_path / "pg.dsn").exists()
+
+
+def test_the_schema_is_made_in_an_empty_database_and_an_unknown_one_is_refused(
+    cluster, hooks, pg_dsn
+):
+    import psycopg
+
+    d = cluster("n1", _hooks(hooks, 1))
+    out = d.cli("migrate")  # an empty database: migrate makes the schema
+    assert (out.returncode, out.stdout.strip()) == (0, "schema upgraded to version 1 (applied 1)")
+    assert d.cli("migrate").stdout.strip() == "schema already at version 1: nothing to do"
+    d.start()
+    assert d.stop() == 0
+    for version, why in ((0, "run `webhook-router migrate` first"), (99, "newer")):
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("UPDATE schema_version SET version = %s", (version,))
+        d.start(wait_ready=False)
+        assert d.proc.wait(30) == 1
+        assert why in d.log()
+        d.stop()
+    refused = d.cli("migrate")  # 99: newer than this router
+    assert refused.returncode == 1 and "newer" in refused.stderr
+
+
+def test_migrate_is_for_the_postgresql_journal(daemon_factory, hooks):
+    d = daemon_factory(_hooks(hooks, 1))
+    out = d.cli("migrate")
+    assert out.returncode == 1 and "migrate is for journal.backend: postgresql" in out.stderr
