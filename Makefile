@@ -77,7 +77,7 @@ install:
 	@$(INSTALL_PYTHON) -c 'import ensurepip' 2>/dev/null || { \
 	    echo "make install: $(INSTALL_PYTHON) cannot make a venv: apt-get install python3-venv" >&2; exit 1; }
 	umask 022 && $(INSTALL_PYTHON) -m venv --clear $(STAGED)
-	umask 022 && $(STAGED)/bin/python -m pip install --quiet --disable-pip-version-check .
+	umask 022 && $(STAGED)/bin/python -m pip install --quiet --disable-pip-version-check '.[postgresql]'
 	cd $(STAGED)/bin && for f in $$(grep -l '^#!$(STAGED)/bin/python' *); do \
 	    { echo "$$LAUNCHER"; tail -n +2 "$$f"; } > "$$f.new" && chmod 0755 "$$f.new" && mv "$$f.new" "$$f"; done
 	sed -i 's|$(STAGED)|$(PREFIX)|g' $(STAGED)/pyvenv.cfg $(STAGED)/bin/activate*

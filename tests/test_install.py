@@ -93,6 +93,9 @@ def test_the_staged_venv_runs_both_in_destdir_and_at_prefix(staged):
         staged, f"{PREFIX}/bin/python", "-I", "-c", "import router; print(router.__file__)"
     )
     assert where.stdout.startswith(f"{PREFIX}/lib/"), where.stdout + where.stderr
+    # With PostgreSQL's driver: the same install runs a daemon of a cluster (SPEC §8).
+    pg = _in_place(staged, f"{PREFIX}/bin/python", "-I", "-c", "import psycopg, router.pgstore")
+    assert pg.returncode == 0, pg.stderr
     for path in [Path(f"{staged}{PREFIX}/pyvenv.cfg"), *Path(f"{staged}{PREFIX}/bin").iterdir()]:
         if path.is_file() and not path.is_symlink():
             assert str(staged) not in path.read_text(errors="replace"), path
