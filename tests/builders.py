@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 from typing import Any
 
 from router.config import WebhookConfig
@@ -69,3 +70,9 @@ def hook(url: str, **overrides) -> WebhookConfig:
     }
     settings_.update(overrides)
     return WebhookConfig(**settings_)
+
+
+def sigint_as_at_a_terminal() -> None:
+    """A ``preexec_fn``: the child stops on SIGINT as a command does at a terminal, even when
+    the suite itself runs with SIGINT ignored (a shell's background job inherits that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

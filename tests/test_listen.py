@@ -21,6 +21,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from router.listen import verify_signature
+from tests.builders import sigint_as_at_a_terminal
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -51,6 +52,7 @@ class Listener:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            preexec_fn=sigint_as_at_a_terminal,
         )
         self.out: queue.Queue[str] = queue.Queue()
         self.err: queue.Queue[str] = queue.Queue()

@@ -15,6 +15,7 @@ import threading
 import urllib.request
 from datetime import UTC, datetime
 
+from tests.builders import sigint_as_at_a_terminal
 from tests.integration.conftest import Reply, wait_until
 from tests.integration.test_recovery import GatedHooks
 
@@ -184,6 +185,7 @@ class Terminal:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "router", *args, "-c", str(d.config_path)],
             stdin=slave, stdout=slave, stderr=slave, cwd=d.tmp,
+            preexec_fn=sigint_as_at_a_terminal,
         )  # fmt: skip
         os.close(slave)
         self.master, self.chunks = master, []
