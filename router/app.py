@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 ASK_TIMEOUT = 5.0
 PUBLISH_WAIT = 10.0  # seconds an event published over HTTP may wait for its commit
+REPLAY_WAIT = 60.0  # seconds a replay may take to find its deliveries in the journal
 SENDERS_START = 30.0  # seconds the sender processes may take to start
 THREAD_STACK = 512 * 1024  # every thread here is shallow; thousands of supervisors add up
 
@@ -90,7 +91,10 @@ class App:
 
             self.cluster = Cluster(cfg.journal_dsn, cfg.node, cfg.lease,
                                    lambda: {w.name: w for w in self.config.webhooks},
-                                   self.refresh_webhooks)  # fmt: skip
+                                   self.refresh_webhooks, self.served)  # fmt: skip
+        # The control commands on one webhook, as run by the daemon that delivers it.
+        self._here = {"enable": self._enable, "disable": self._disable, "replay": self._replay,
+                      "test": self._test, "webhook": self._webhook}  # fmt: skip
         # The journal answers the dispatcher, which is built once the wiring exists.
         self.journal = Journal(
             os.path.join(cfg.state_dir, config.JOURNAL_FILE),
@@ -445,17 +449,48 @@ class App:
         return out
 
     def _held(self, name: str) -> WebhookHandle:
-        """The handle of a webhook this daemon delivers; who does, when another does."""
+        """The handle of a webhook this daemon delivers."""
         try:
             return self.dispatcher.get(name)
         except RouterError:
             if self.cluster is None or name not in {w.name for w in self.config.webhooks}:
                 raise
-            owner = self.cluster.owner([name]).get(name)
-            where = f"daemon {owner}" if owner else "no daemon at the moment (its lease is free)"
-            raise RouterError(f"webhook '{name}' is delivered by {where}: ask there") from None
+            node = self.cluster.node
+            raise RouterError(
+                f"webhook '{name}' is no longer delivered by daemon {node} (its lease moved):"
+                " ask again"
+            ) from None
+
+    def _routed(self, name: str, command: str, wait: float, **arguments: Any) -> Any:
+        """``command`` run where webhook ``name`` is delivered: here, or (SPEC §8) by the
+        daemon holding its lease, asked through the database and answered as if here.
+
+        ``wait`` is how long the command may take where it runs.
+        """
+        self.config_for(name)
+        try:
+            self.dispatcher.get(name)
+        except RouterError:
+            if self.cluster is not None:
+                return self.cluster.forward(name, command, arguments, wait)
+        return self._here[command](name, **arguments)
+
+    def served(self, request: Any) -> Any:
+        """A command another daemon asked of this one (a ``pgstore.Request``): run here,
+        never sent on, and only for a webhook this daemon still delivers."""
+        if request.command not in self._here:
+            raise RouterError(f"daemon {self.cluster.node} does not know the command"
+                              f" {request.command!r}: is it an older router?")  # fmt: skip
+        self._held(request.webhook)
+        if request.command != "webhook":  # not a status read (a followed replay asks often)
+            log.info("webhook %s: %s asked by daemon %s", request.webhook, request.command,
+                     request.asker)  # fmt: skip
+        return self._here[request.command](request.webhook, **request.arguments)
 
     def enable(self, name: str) -> dict:
+        return self._routed(name, "enable", ASK_TIMEOUT + _answer_wait(self.config_for(name)))
+
+    def _enable(self, name: str) -> dict:
         ref = self._held(name)
         future = ref.ask(Enable(), timeout=ASK_TIMEOUT)
         wait = _answer_wait(self.config_for(name))
@@ -467,6 +502,9 @@ class App:
             ) from None
 
     def disable(self, name: str) -> dict:
+        return self._routed(name, "disable", ASK_TIMEOUT)
+
+    def _disable(self, name: str) -> dict:
         return self._held(name).ask(Disable(), timeout=ASK_TIMEOUT)
 
     def replay(
@@ -477,9 +515,23 @@ class App:
         until: float | None = None,
         event: str | None = None,
     ) -> dict:
+        return self._routed(name, "replay", ASK_TIMEOUT + REPLAY_WAIT, since=since,
+                            failed_only=failed_only, until=until, event=event)  # fmt: skip
+
+    def _replay(
+        self, name: str, since: float | None, failed_only: bool, until: float | None,
+        event: str | None,
+    ) -> dict:  # fmt: skip
         replay = Replay(since, failed_only, until, event)
         future = self._held(name).ask(replay, timeout=ASK_TIMEOUT)
-        return future.get(timeout=60)
+        return future.get(timeout=REPLAY_WAIT)
+
+    def webhook(self, name: str) -> dict:
+        """One webhook's part of ``status``, with a replay's progress (its supervisor's)."""
+        return self._routed(name, "webhook", ASK_TIMEOUT)
+
+    def _webhook(self, name: str) -> dict:
+        return self._snapshots([self._held(name)])[0]
 
     def attempts(
         self, name: str, limit: int, failed: bool = False, event: str | None = None
@@ -503,6 +555,9 @@ class App:
         A control action, not a delivery: nothing is journaled and the webhook's
         state, health and counters stay as they are (a disabled one can be tested).
         """
+        return self._routed(name, "test", _answer_wait(self.config_for(name)))
+
+    def _test(self, name: str) -> dict:
         cfg = self.config_for(name)
         payload = synthetic(new_id(self.clock), TEST_EVENT, self.clock.time())
         done: pykka.ThreadingFuture = pykka.ThreadingFuture()

@@ -86,7 +86,7 @@ COMMANDS: dict[str, tuple[frozenset[str], Callable[[Any, dict], Any]]] = {
     # one webhook's part of ``status`` (``replay`` follows its progress there)
     "webhook": (
         frozenset({"name"}),
-        lambda app, a: app._snapshots([app.dispatcher.get(_name(a))])[0],
+        lambda app, a: app.webhook(_name(a)),
     ),
     "attempts": (
         frozenset({"name", "limit", "failed", "event"}),

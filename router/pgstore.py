@@ -23,6 +23,9 @@ the autocommit connections ``connect`` opens). What differs is said here:
   ``LOG_SLOTS`` rows (by backend) so that daemons do not queue on one row.
 - ``notify`` tells the owners that new deliveries exist: one ``pg_notify`` per call,
   the journal calls it once per commit.
+- Control commands for a webhook another daemon delivers go to it as rows of
+  ``requests`` (``put_request`` and the functions after it), announced on channels of
+  their own.
 
 The schema has a version of its own, in the one-row table ``schema_version``:
 ``create_schema`` makes it in an empty database, ``schema_state`` tells what a database
@@ -32,11 +35,14 @@ one it does not know (``open_writer``).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from router import RouterError
 from router.budget import delivery_cost
@@ -95,10 +101,10 @@ _OPEN = "IN ('pending', 'exhausted')"  # the states of a delivery that may still
 # scans all of it).
 #
 # Version 1: the tables of router.store's schema 3, api_webhooks (router.registry's) and,
-# for the cluster, nodes and leases. Trim order as in router.store: 1, attempts of finished
-# deliveries; 2, older attempts of an unfinished one; 3, the newest attempt of each
-# unfinished delivery. ``attempt_log_cut.cut_below``: every row under that id has at most
-# a prefix of its response.
+# for the cluster, nodes, leases and requests (control commands for another daemon). Trim
+# order as in router.store: 1, attempts of finished deliveries; 2, older attempts of an
+# unfinished one; 3, the newest attempt of each unfinished delivery.
+# ``attempt_log_cut.cut_below``: every row under that id has at most a prefix of its response.
 _SCHEMA_V1 = f"""
 CREATE TABLE schema_version (
     one boolean PRIMARY KEY DEFAULT true CHECK (one), version integer NOT NULL);
@@ -139,6 +145,13 @@ CREATE TABLE leases (
     webhook text PRIMARY KEY, owner text, epoch bigint NOT NULL DEFAULT 0,
     expires_at timestamptz NOT NULL DEFAULT '-infinity');
 CREATE INDEX leases_by_owner ON leases (owner);
+CREATE TABLE requests (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, webhook text NOT NULL,
+    node text NOT NULL, asker text NOT NULL, command text NOT NULL, arguments jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(), expires_at timestamptz NOT NULL,
+    taken_at timestamptz, answer jsonb, answered_at timestamptz);
+CREATE INDEX requests_to_take ON requests (node, id) WHERE taken_at IS NULL;
+CREATE INDEX requests_by_expiry ON requests (expires_at);
 
 CREATE FUNCTION attempts_added() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE added bigint; lowest bigint;
@@ -898,3 +911,124 @@ def delete_api_webhook(conn: psycopg.Connection, name: str) -> None:
 def webhooks_changed(conn: psycopg.Connection) -> None:
     """Tell every daemon that the API-made webhooks changed (sent when the caller commits)."""
     conn.execute("SELECT pg_notify(%s, '')", (WEBHOOKS_CHANNEL,))
+
+
+# --------------------------------------------------------------------------- control requests
+#
+# A control command for a webhook another daemon delivers (SPEC §8: every command works
+# from any daemon) goes through the database, never the daemons' own sockets: the asker
+# files a request for the holder (``put_request``), the holder takes it (``take_requests``),
+# runs it and answers (``answer_request``); the asker reads the answer (``request_state``)
+# and deletes the row (``drop_request``). Rows whose asker is gone are deleted by the next
+# ``put_request``: the table holds at most the requests of the last ``REQUESTS_KEPT`` seconds.
+
+REQUESTS_CHANNEL = "wr_requests"  # a request was filed; the payload is the node asked
+ANSWERS_CHANNEL = "wr_answers"  # a request was answered; the payload is its id
+REQUESTS_KEPT = 600.0  # seconds a request's row outlives its wait, at most
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A control command filed for this daemon: what to run, and for whom."""
+
+    id: int
+    webhook: str
+    asker: str  # the node that filed it
+    command: str
+    arguments: dict
+
+
+@dataclass(frozen=True, slots=True)
+class RequestState:
+    """How a filed request stands, for its asker."""
+
+    taken: bool  # the daemon asked has taken it (it may be running it)
+    answer: dict | None  # what that daemon answered; None until it has
+    holder: str | None  # who holds the webhook's lease now (None: nobody)
+
+
+def _json(value: Any) -> Jsonb:
+    """A jsonb parameter; values JSON does not know go as their text (as on the control socket)."""
+    return Jsonb(value, dumps=lambda v: json.dumps(v, default=str))
+
+
+def put_request(
+    conn: psycopg.Connection,
+    webhook: str,
+    node: str,
+    asker: str,
+    command: str,
+    arguments: Mapping[str, Any],
+    wait: float,
+) -> int:
+    """File ``command`` on ``webhook`` for daemon ``node``, who may take it for ``wait`` seconds.
+
+    Tells ``node`` when the caller commits; returns the request's id. Deletes the rows
+    whose wait ended more than ``REQUESTS_KEPT`` ago (their askers went without).
+    """
+    conn.execute(
+        "DELETE FROM requests WHERE expires_at < now() - make_interval(secs => %s)",
+        (REQUESTS_KEPT,),
+    )
+    (request_id,) = conn.execute(
+        "INSERT INTO requests (webhook, node, asker, command, arguments, expires_at)"
+        " VALUES (%s, %s, %s, %s, %s, now() + make_interval(secs => %s)) RETURNING id",
+        (webhook, node, asker, command, _json(dict(arguments)), wait),
+    ).fetchone()
+    conn.execute("SELECT pg_notify(%s, %s)", (REQUESTS_CHANNEL, node))
+    return request_id
+
+
+_TAKE_REQUESTS = """
+UPDATE requests SET taken_at = now()
+WHERE id IN (
+    SELECT id FROM requests
+    WHERE node = %s AND taken_at IS NULL AND expires_at > now()
+    ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)
+RETURNING id, webhook, asker, command, arguments
+"""
+
+
+def take_requests(conn: psycopg.Connection, node: str, limit: int) -> list[Request]:
+    """Up to ``limit`` requests filed for ``node`` and not taken yet, oldest first, now taken.
+
+    One whose wait is over is left alone: its asker has given up on it.
+    """
+    rows = conn.execute(_TAKE_REQUESTS, (node, limit)).fetchall()
+    return sorted((Request(*row) for row in rows), key=lambda r: r.id)
+
+
+def answer_request(conn: psycopg.Connection, request_id: int, answer: Mapping[str, Any]) -> bool:
+    """Keep the answer to a request and tell its asker (when the caller commits).
+
+    False when the row is gone: its asker stopped waiting.
+    """
+    done = conn.execute(
+        "UPDATE requests SET answer = %s, answered_at = now() WHERE id = %s",
+        (_json(dict(answer)), request_id),
+    ).rowcount
+    if done:
+        conn.execute("SELECT pg_notify(%s, %s)", (ANSWERS_CHANNEL, str(request_id)))
+    return bool(done)
+
+
+def request_state(conn: psycopg.Connection, request_id: int) -> RequestState | None:
+    """Whether the request was taken, its answer, and who holds its webhook now; None: gone."""
+    row = conn.execute(
+        "SELECT r.taken_at IS NOT NULL, r.answer, (SELECT l.owner FROM leases l"
+        "  WHERE l.webhook = r.webhook AND l.expires_at > now())"
+        " FROM requests r WHERE r.id = %s",
+        (request_id,),
+    ).fetchone()
+    return None if row is None else RequestState(*row)
+
+
+def drop_request(conn: psycopg.Connection, request_id: int) -> bool:
+    """Delete a request (its asker is done with it); whether it had been taken.
+
+    Once deleted, it can no longer be taken: a request dropped untaken was never run.
+    """
+    row = conn.execute(
+        "DELETE FROM requests WHERE id = %s RETURNING taken_at IS NOT NULL", (request_id,)
+    ).fetchone()
+    return bool(row and row[0])

@@ -559,11 +559,13 @@ class ReplayingApp(FakeApp):
     def __init__(self, *views: dict | None, state: str = "active"):
         super().__init__()
         self.views, self.state = list(views), state
-        self.dispatcher = self  # App.dispatcher.get(name) finds the webhook's handle
 
     def replay(self, name, since, failed_only, until=None, event=None) -> dict:
         super().replay(name, since, failed_only, until, event)
         return {"webhook": name, "requeued": 3, "replay": AT}
+
+    def webhook(self, name: str) -> dict:  # App.webhook: the supervisor's snapshot
+        return self._snapshots([self.get(name)])[0]
 
     def get(self, name: str) -> str:
         self._known(name)

@@ -887,3 +887,83 @@ def test_without_postgresql_and_no_way_to_install_it_the_tests_fail_saying_why(
     monkeypatch.setattr(postgres.glob, "glob", lambda pattern: [])
     with pytest.raises(pytest.fail.Exception, match=r"could not install it \(exit 100\): E: Un"):
         postgres.binaries()
+
+
+# --------------------------------------------------------------------------- control requests
+
+
+def held_by(pg: Backend, webhook: str, owner: str) -> None:
+    """An unexpired lease of ``webhook`` for ``owner``."""
+    pg.conn.execute(
+        "INSERT INTO leases (webhook, owner, epoch, expires_at)"
+        " VALUES (%s, %s, 1, now() + interval '1 hour') ON CONFLICT (webhook)"
+        " DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at",
+        (webhook, owner),
+    )
+
+
+class Odd:
+    """A value JSON does not know: it goes as its text."""
+
+    def __str__(self) -> str:
+        return "odd"
+
+
+def test_a_request_reaches_its_node_once_and_the_answer_comes_back_to_the_asker(pg_dsn, pg):
+    holder, asker = pgstore.connect(pg_dsn), pgstore.connect(pg_dsn)
+    try:
+        holder.execute(f"LISTEN {pgstore.REQUESTS_CHANNEL}")
+        asker.execute(f"LISTEN {pgstore.ANSWERS_CHANNEL}")
+        held_by(pg, "a", "n1")
+        rid = pg.tx("put_request", "a", "n1", "n2", "replay", {"since": 1.5, "event": None}, 30)
+        got: list[str] = []
+        wait_until(lambda: got.extend(notifications(holder)) or got)
+        assert got == ["n1"]  # the node asked
+        assert pgstore.request_state(pg.conn, rid) == pgstore.RequestState(False, None, "n1")
+        assert pg.tx("take_requests", "n2", 10) == []  # asked of n1, not n2
+        assert pg.tx("take_requests", "n1", 10) == [
+            pgstore.Request(rid, "a", "n2", "replay", {"since": 1.5, "event": None})
+        ]
+        assert pg.tx("take_requests", "n1", 10) == []  # taken once
+        assert pgstore.request_state(pg.conn, rid).taken
+        answer = {"ok": True, "result": {"requeued": 2, "at": NOW, "odd": Odd(), "t": (1, 2)}}
+        assert pg.tx("answer_request", rid, answer)
+        answers: list[str] = []
+        wait_until(lambda: answers.extend(notifications(asker)) or answers)
+        assert answers == [str(rid)]
+        result = {"requeued": 2, "at": NOW, "odd": "odd", "t": [1, 2]}
+        assert pgstore.request_state(pg.conn, rid).answer == {"ok": True, "result": result}
+        assert pg.tx("drop_request", rid) is True  # it had been taken
+        assert pgstore.request_state(pg.conn, rid) is None
+        assert pg.tx("answer_request", rid, answer) is False  # the asker is gone
+        assert notifications(asker) == []  # and is not told
+    finally:
+        holder.close()
+        asker.close()
+
+
+def test_requests_are_taken_oldest_first_up_to_the_limit_and_never_past_their_wait(pg):
+    ids = [pg.tx("put_request", "a", "n1", "n2", "disable", {}, 60) for _ in range(3)]
+    late = pg.tx("put_request", "a", "n1", "n2", "disable", {}, 0)  # its wait is over already
+    assert [r.id for r in pg.tx("take_requests", "n1", 2)] == ids[:2]
+    assert [r.id for r in pg.tx("take_requests", "n1", 2)] == ids[2:]
+    assert pg.tx("take_requests", "n1", 2) == []  # the late one stays untaken
+    assert pg.tx("drop_request", late) is False  # dropped untaken: never run
+    assert pg.tx("drop_request", late) is False  # gone already
+
+
+def test_the_holder_a_request_sees_is_whoever_has_the_lease_unexpired_now(pg):
+    rid = pg.tx("put_request", "a", "n1", "n2", "enable", {}, 60)
+    assert pgstore.request_state(pg.conn, rid).holder is None  # no lease at all
+    held_by(pg, "a", "n3")
+    assert pgstore.request_state(pg.conn, rid).holder == "n3"
+    pg.conn.execute("UPDATE leases SET expires_at = now() - interval '1 second'")
+    assert pgstore.request_state(pg.conn, rid).holder is None
+
+
+def test_rows_whose_askers_are_long_gone_are_deleted_when_the_next_request_is_filed(pg):
+    recent = pg.tx("put_request", "a", "n1", "n2", "enable", {}, -pgstore.REQUESTS_KEPT + 60)
+    old = pg.tx("put_request", "a", "n1", "n2", "enable", {}, -pgstore.REQUESTS_KEPT - 1)
+    assert pg.rows("SELECT id FROM requests ORDER BY id") == [(recent,), (old,)]
+    new = pg.tx("put_request", "b", "n1", "n2", "test", {}, 10)
+    assert pg.rows("SELECT id FROM requests ORDER BY id") == [(recent,), (new,)]
