@@ -4,7 +4,8 @@ Run: ``.venv/bin/python bench/bench.py [--runs N] [--quick] [--nginx-workers 1|a
 (``BENCH_RUNS`` sets the default number of runs, 3; ``--events``, ``--seconds`` and
 ``--webhooks`` change the sizes). A run is every phase of
 ``_phases.Run``, each on a fresh daemon and state dir; the table shows the median
-of the runs, ratios taken within each run. Then the parts alone:
+of the runs, ratios taken within each run; the pg-* phases (``bench_cluster``) run
+several daemons on one PostgreSQL, ``--only cluster`` those alone. Then the parts alone:
 ``bench_filter.py`` and ``bench_journal.py``.
 
 Prints; judges nothing but the PASS/MISS column. Exit 0 when every phase ran
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _nginx
 import _profile
+import bench_cluster
 from _harness import ROOT
 from _phases import QUICK, Run, Sizes
 
@@ -51,7 +53,7 @@ class Target:
     value: Callable[[dict], float]
     unit: str
     op: str  # ">=" or "<="
-    bar: float
+    bar: float | None  # None: no target is set, the row shows its figure
 
     def met(self, v: float) -> bool:
         return v >= self.bar if self.op == ">=" else v <= self.bar
@@ -97,7 +99,10 @@ PHASES: list[tuple[str, Callable[[Run], dict]]] = [
     ("lat-20x10", lambda run: run.latency(20, 10)),
     ("lat-2000", lambda run: run.latency(2000, 1)),
     ("acked", Run.acked),
+    *((f"pg-{n}", lambda run, n=n: CLUSTER.rate(run, n)) for n in bench_cluster.DAEMONS),
+    ("pg-failover", lambda run: CLUSTER.failover(run)),
 ]
+CLUSTER = bench_cluster.Cluster()  # the PostgreSQL server of the pg-* phases, stopped by main
 
 
 def machine() -> list[str]:
@@ -147,15 +152,11 @@ def print_table(sizes: Sizes, results: list[dict], workers: str, quick: bool) ->
     print(f"\nTargets of issue 7: median of {runs} run(s); ratios taken within each run")
     if quick:
         print("--quick: sizes too small to judge the daemon; this only shows the bench runs")
-    print(f"{'':4}{'target':<54}{'measured':>11}  {'bar':<13}{'':6}runs")
-    for t in targets(sizes):
-        per_run = [safe(t.value, r) for r in results]
-        v = median(per_run)
-        verdict = "-" if v is None else "PASS" if t.met(v) else "MISS"
-        print(
-            f"{t.key:<4}{t.label:<54}{num(v, t.unit):>11}  {t.op + ' ' + num(t.bar, t.unit):<13}"
-            f"{verdict:<6}{' / '.join(num(x, t.unit) for x in per_run)}"
-        )
+    print_rows(targets(sizes), results)
+    if any(name in r for r in results for name in bench_cluster.PHASES):
+        print(bench_cluster.heading(runs, CLUSTER.lease, CLUSTER.settings, CLUSTER.version))
+        print_rows([Target(*row) for row in bench_cluster.rows(CLUSTER.lease)], results)
+        print(bench_cluster.FOOTNOTE)
     print(f"\nPhases (medians; nginx with {workers} worker(s), its share of one core and cost)")
     print(
         f"{'phase':<11}{'deliveries':>11}{'per s':>9}{'dups':>6}{'daemon cores':>14}"
@@ -178,6 +179,19 @@ def print_table(sizes: Sizes, results: list[dict], workers: str, quick: bool) ->
         " the daemon's own process, without its sender processes; latency = nginx $msec"
         " (1 ms resolution, taken at the middle of its ms) - time.time() before the send."
     )
+
+
+def print_rows(rows: list[Target], results: list[dict]) -> None:
+    print(f"{'':4}{'target':<54}{'measured':>11}  {'bar':<13}{'':6}runs")
+    for t in rows:
+        per_run = [safe(t.value, r) for r in results]
+        v = median(per_run)
+        verdict = "-" if v is None or t.bar is None else "PASS" if t.met(v) else "MISS"
+        bar = "-" if t.bar is None else f"{t.op} {num(t.bar, t.unit)}"
+        print(
+            f"{t.key:<4}{t.label:<54}{num(v, t.unit):>11}  {bar:<13}"
+            f"{verdict:<6}{' / '.join(num(x, t.unit) for x in per_run)}"
+        )
 
 
 def print_profiles(where: Path, result: dict) -> None:
@@ -215,6 +229,19 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, journals)")
     parser.add_argument("--phases", help="only these phases, comma-separated (default: all)")
     parser.add_argument(
+        "--only", choices=["cluster"],
+        help="cluster: only the PostgreSQL phases and the SQLite phase they are compared with",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lease", type=float,
+        help=f"journal.lease of the pg-* daemons ({bench_cluster.LEASE:g} s;"
+        f" --quick: {bench_cluster.QUICK_LEASE:g} s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pg-set", action="append", default=[], metavar="KEY=VALUE",
+        help="a setting of the pg-* phases' PostgreSQL server, e.g. fsync=off",
+    )  # fmt: skip
+    parser.add_argument(
         "--profile", action="store_true",
         help="sample each daemon with py-spy and print where its CPU went, by part (slower)",
     )  # fmt: skip
@@ -229,6 +256,13 @@ def main() -> int:
         profiles = Path(tempfile.mkdtemp(prefix="bench-profiles-"))
         os.environ["BENCH_PROFILE"] = str(profiles)
     phases = PHASES
+    CLUSTER.lease = args.lease or (bench_cluster.QUICK_LEASE if args.quick else bench_cluster.LEASE)
+    CLUSTER.settings.update(setting.partition("=")[::2] for setting in args.pg_set)
+    if args.only == "cluster":
+        if args.phases:
+            parser.error("--only and --phases: one or the other")
+        args.phases = ",".join([bench_cluster.REFERENCE, *bench_cluster.PHASES])
+        args.no_parts = True
     if args.phases:
         wanted = args.phases.split(",")
         unknown = set(wanted) - {name for name, _ in PHASES}
@@ -275,6 +309,7 @@ def main() -> int:
             print(f"  run {r + 1} done; load average {load} (other processes skew every figure)")
     finally:
         nginx.close()
+        CLUSTER.close()
     print_table(sizes, results, args.nginx_workers, args.quick)
     if profiles is not None:
         print_profiles(profiles, results[-1] if results else {})
