@@ -25,7 +25,6 @@ delivery path do not know it is there:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -155,16 +154,23 @@ class Cluster:
 
     def _notified(self, conn: Any) -> None:
         """Act on notifications for ``POLL_INTERVAL``, or until a request for this daemon
-        comes (it is taken on this connection, once the notifications let go of it)."""
-        with contextlib.closing(conn.notifies(timeout=POLL_INTERVAL)) as notes:
-            for n in notes:  # one per commit
+        comes (taken next, on this connection, which the notifications hold meanwhile).
+
+        They come a batch at a time (``stop_after``): leaving in the middle of one would
+        lose the rest of it.
+        """
+        until = time.monotonic() + POLL_INTERVAL
+        while (left := until - time.monotonic()) > 0:
+            asked = False
+            for n in conn.notifies(timeout=left, stop_after=1):  # one per commit
                 if n.channel == pgstore.REQUESTS_CHANNEL:
-                    if n.payload == self.node:
-                        return
+                    asked = asked or n.payload == self.node
                 elif n.channel == pgstore.WEBHOOKS_CHANNEL:
                     self._on_webhooks()
                 else:
                     self._poke(pgstore.woken(n.payload))
+            if asked:
+                return
 
     def _poll(self, conn: Any) -> None:
         """Poke the held webhooks with deliveries newer than the last poll's newest event."""

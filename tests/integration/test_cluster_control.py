@@ -164,8 +164,8 @@ def nodes(pg_dsn):
     pgstore.open_writer(pg_dsn).close()  # the schema, as a daemon's journal makes it
     made: list[Cluster] = []
 
-    def start(node: str, serve) -> Cluster:
-        c = Cluster(pg_dsn, node, LEASE, dict, lambda: None, serve)
+    def start(node: str, serve, on_webhooks=lambda: None) -> Cluster:
+        c = Cluster(pg_dsn, node, LEASE, dict, on_webhooks, serve)
         c.start(Dispatcher(), ["w"])
         made.append(c)
         return c
@@ -246,3 +246,15 @@ def test_a_request_its_holder_never_takes_was_not_done(nodes, pg_dsn, monkeypatc
     assert str(e.value) == ("webhook 'w': replay on daemon n3: no answer within 1s; it was not"
                             " done: ask again")  # fmt: skip
     assert _sql(pg_dsn, "SELECT id FROM requests") == []
+
+
+def test_a_request_told_of_with_other_news_in_one_commit_loses_none_of_it(nodes, pg_dsn):
+    changed = threading.Event()
+    nodes("n1", lambda request: "done", changed.set)
+    with pgstore.connect(pg_dsn) as conn:
+        with conn.transaction():  # both notifications arrive together, the request's first
+            rid = pgstore.put_request(conn, "w", "n1", "n2", "test", {}, 30)
+            pgstore.webhooks_changed(conn)
+        wait_until(lambda: pgstore.request_state(conn, rid).answer, what="n1's answer")
+        assert pgstore.request_state(conn, rid).answer == {"ok": True, "result": "done"}
+    assert changed.wait(10)  # the API-made webhooks read again
