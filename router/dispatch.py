@@ -90,7 +90,12 @@ class Dispatcher:
         handles = self._handles
         for name, deliveries in by_webhook.items():
             handle = handles.get(name)
-            if handle is not None:
+            if handle is not None and self.shared:
+                # Another daemon may have committed lower seqs that this one has not heard
+                # of yet: a shared journal's deliveries reach a webhook only by loads, in
+                # seq order (seqs commit in order), never ahead of them by an Enqueue.
+                handle.tell(Poke(len(deliveries)))
+            elif handle is not None:
                 handle.tell(Enqueue(tuple(deliveries)))
             elif not self.shared:  # routed just before the webhook was removed
                 self._wiring.journal.submit(Cancel(name))

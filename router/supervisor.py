@@ -51,7 +51,9 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class Poke:
-    """The journal may hold new deliveries that another daemon journaled (SPEC §8)."""
+    """The journal may hold new deliveries (SPEC §8): ``count`` of them when known."""
+
+    count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +192,8 @@ class Supervisor(Actor):
                 self._failing(now)
             case Enqueue(deliveries):
                 self._run(core.enqueue(deliveries, now))
-            case Poke():
-                self._run(core.poke(now))
+            case Poke(count):
+                self._run(core.poke(now, count))
             case Tick():
                 self._run(core.tick(now))
                 self._failing(now)

@@ -257,9 +257,11 @@ class WebhookCore:
         self.poked = False
         return self.pump(now)
 
-    def poke(self, now: float) -> list:
+    def poke(self, now: float, count: int = 0) -> list:
         """The journal may hold deliveries no one enqueued here: another daemon sharing it
-        journaled them (SPEC §8). Load them, after every delivery already held."""
+        journaled them (SPEC §8). Load them, after every delivery already held. ``count``:
+        how many are new, when known (the next load's count from the journal prevails)."""
+        self.pending_total += count
         if self.loading:
             self.poked = True  # the load out now may have read the journal before them
         self.spilled = True

@@ -139,9 +139,10 @@ def test_a_shared_journal_runs_only_the_webhooks_whose_lease_is_held_here(parts,
     assert [type(m) for m in journal.items] == [Rebuild] and journal.items[0].webhook == "a"
     to_a = told(d, "a", monkeypatch)
     d.committed([committed(5, "e5", "a", "b")])  # b's lease is another daemon's
-    assert to_a == [Enqueue(tuple(to_a[0].deliveries))] and len(journal.items) == 1  # no Cancel
+    # a loads it, in seq order: another daemon may have committed lower seqs meanwhile
+    assert [type(m).__name__ for m in to_a] == ["Poke"] and len(journal.items) == 1  # no Cancel
     d.poke(["a", "b"])  # b is not held here: nothing to poke
-    assert type(to_a[-1]).__name__ == "Poke"
+    assert [type(m).__name__ for m in to_a] == ["Poke", "Poke"]
     diff = d.apply(hooks("a", "b"), hooks("a", "b", "c"), lambda: None)
     assert diff.added == ("c",) and [h.name for h in d] == ["a"]  # c waits for its lease
     d.release(["a"])
