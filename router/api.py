@@ -100,7 +100,18 @@ class Api:
         raise ApiError(404, f"no webhook named '{name}'", "name")
 
     def _shown(self, token: Token, webhooks: list) -> list[dict]:
-        """Each webhook with its status; one a reload is removing right now is left out."""
+        """Each webhook with its status; one a reload is removing right now is left out.
+
+        On a daemon of a cluster (SPEC §8), every webhook with its ``owner``, as in
+        ``status --json``: those held elsewhere, or by nobody yet, as the journal has them.
+        """
+        if self.app.cluster is not None:
+            snaps = {s["name"]: s for s in self.app._everywhere()}
+            return [
+                resources.webhook(w, snaps[w.name], full=token.writes)
+                for w in webhooks
+                if w.name in snaps
+            ]
         handles = []
         for w in webhooks:
             try:

@@ -231,12 +231,19 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from router import registry
+    from router import config, registry
 
-    path = os.path.join(state_dir(args.config), JOURNAL_FILE)
-    if not os.path.exists(path):
-        raise Fail(1, f"no journal at {path}: this router has made no webhooks yet")
-    made = registry.read_documents(path)
+    journal = _read_yaml(args.config).get("journal")
+    if isinstance(journal, dict) and journal.get("backend") == "postgresql":  # SPEC §8
+        try:
+            made = registry.read_shared_documents(config.load(args.config).journal_dsn)
+        except ConfigError as e:
+            raise Fail(1, "\n".join(e.errors)) from None
+    else:
+        path = os.path.join(state_dir(args.config), JOURNAL_FILE)
+        if not os.path.exists(path):
+            raise Fail(1, f"no journal at {path}: this router has made no webhooks yet")
+        made = registry.read_documents(path)
     unknown = sorted(set(args.names) - set(made))
     if unknown:
         raise Fail(1, f"no webhook made through the API is named {', '.join(unknown)}")

@@ -218,6 +218,23 @@ def read_documents(path: str) -> dict[str, dict]:
     return {name: json.loads(doc) for name, doc in rows}
 
 
+def read_shared_documents(dsn: str) -> dict[str, dict]:
+    """The documents in the PostgreSQL journal at ``dsn`` (``webhook-router export``, SPEC §8)."""
+    import psycopg  # only where PostgreSQL is used
+
+    from router import pgstore
+
+    try:
+        with pgstore.open_reader(dsn) as conn:
+            rows = pgstore.api_webhooks(conn)
+    except psycopg.errors.UndefinedTable:
+        return {}  # a database no daemon has started on yet
+    except psycopg.Error as e:
+        reason = f"cannot read the API-made webhooks in the PostgreSQL journal: {e}"
+        raise RouterError(reason) from e
+    return {name: json.loads(doc) for name, doc in rows}
+
+
 def exported(documents: Mapping[str, dict]) -> str:
     """``documents`` as a YAML list of webhooks, an ``include:`` file; their secrets left out."""
     webhooks = []

@@ -24,6 +24,7 @@ class StandIn:
     def __init__(self, config):
         self.config = config
         self.dispatcher = self
+        self.cluster = None  # one daemon on its own journal
 
     def get(self, name: str) -> str:
         return name
