@@ -1,4 +1,9 @@
-"""The journal against real SQLite files in tmp_path, its writer thread running for real."""
+"""The journal against real SQLite files in tmp_path, its writer thread running for real.
+
+The tests of its semantics also run on a PostgreSQL database (``make`` on each journal
+backend, as the integration suite's daemons); those about the SQLite file itself are
+marked ``sqlite_only``, and say why.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from router import RouterError, journal, metrics, store
+from router import RouterError, journal, metrics, pgstore, store
 from router.clock import Clock
 from router.journal import Journal, Restored
 from router.messages import (
@@ -35,13 +40,8 @@ from router.messages import (
     SaveState,
     WebhookState,
 )
-from router.store import (
-    SUCCESS_RESPONSE_CAP,
-    attempt_log_bytes,
-    attempts,
-    saved_states,
-    unfinished,
-)
+from router.store import SUCCESS_RESPONSE_CAP
+from tests.integration.conftest import journal_backend, pytest_generate_tests  # noqa: F401
 
 DEADLINE = 5.0
 
@@ -112,8 +112,32 @@ def wait_until(predicate, timeout: float = DEADLINE) -> None:
         time.sleep(0.01)
 
 
-def rows(conn: sqlite3.Connection, sql: str, *params) -> list[tuple]:
-    return conn.execute(sql, params).fetchall()
+def rows(conn, sql: str, *params) -> list[tuple]:
+    """A query written with ``?`` marks, on a reader of either backend."""
+    if isinstance(conn, sqlite3.Connection):
+        return conn.execute(sql, params).fetchall()
+    return [tuple(r) for r in conn.execute(sql.replace("?", "%s"), params)]
+
+
+def _db(conn):
+    """The statements of the backend ``conn`` is a reader of."""
+    return store if isinstance(conn, sqlite3.Connection) else pgstore
+
+
+def attempts(conn, webhook: str, limit: int, **kwargs) -> list[dict]:
+    return _db(conn).attempts(conn, webhook, limit, **kwargs)
+
+
+def saved_states(conn) -> dict[str, WebhookState]:
+    return _db(conn).saved_states(conn)
+
+
+def unfinished(conn) -> dict[str, tuple[int, int]]:
+    return _db(conn).unfinished(conn)
+
+
+def attempt_log_bytes(conn) -> int:
+    return _db(conn).attempt_log_bytes(conn)
 
 
 @pytest.fixture
@@ -122,15 +146,22 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def make(tmp_path, clock):
-    """Build opened journals on tmp_path/state/journal.db; stop them all afterwards."""
-    made: list[Journal] = []
+def make(request, tmp_path, clock, journal_backend):  # noqa: F811 (the fixture imported above)
+    """Build opened journals on tmp_path/state/journal.db; stop them all afterwards.
 
-    def build(start: bool = True, retention: float = 3600.0, **kwargs) -> tuple[Journal, Recorder]:
+    On PostgreSQL they all journal into one fresh database (unfenced: one daemon alone).
+    """
+    made: list[Journal] = []
+    on_postgresql = journal_backend == "postgresql"
+    backend = {"dsn": request.getfixturevalue("pg_dsn")} if on_postgresql else {}
+
+    def build(
+        start: bool = True, retention: float = 3600.0, on_commit=None, **kwargs
+    ) -> tuple[Journal, Recorder]:
         rec = Recorder()
         j = Journal(
-            str(tmp_path / "state" / "journal.db"), clock, retention, rec.on_commit,
-            rec.on_error, **kwargs,
+            str(tmp_path / "state" / "journal.db"), clock, retention, on_commit or rec.on_commit,
+            rec.on_error, **backend, **kwargs,
         )  # fmt: skip
         j.open()
         made.append(j)
@@ -203,7 +234,9 @@ threading.Event().wait(60)
 """
 
 
+@pytest.mark.sqlite_only
 def test_acked_events_survive_kill_9_of_the_process(tmp_path, clock):
+    """SQLite only: the file's own durability (PostgreSQL's is the server's: test_cluster)."""
     path = str(tmp_path / "journal.db")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     child = subprocess.Popen(
@@ -221,14 +254,18 @@ def test_acked_events_survive_kill_9_of_the_process(tmp_path, clock):
     assert [d.payload.id for d in pending] == ["k1"]
 
 
+@pytest.mark.sqlite_only
 def test_open_makes_an_owner_only_directory_and_file(tmp_path, make):
+    """SQLite only: the file's mode and WAL (a database has neither)."""
     j, _ = make(start=False)
     assert stat.S_IMODE(os.stat(tmp_path / "state").st_mode) == 0o700
     assert stat.S_IMODE(os.stat(j.path).st_mode) == 0o600
     assert rows(j.reader(), "PRAGMA journal_mode") == [("wal",)]
 
 
+@pytest.mark.sqlite_only
 def test_open_refuses_a_file_that_is_not_a_journal(tmp_path, clock):
+    """SQLite only: a file (test_pgstore refuses a database it does not know)."""
     path = tmp_path / "journal.db"
     path.write_bytes(b"this is not a database, just some junk " * 100)
     j = Journal(str(path), clock, 3600, lambda b: None, lambda a, r: None)
@@ -236,7 +273,9 @@ def test_open_refuses_a_file_that_is_not_a_journal(tmp_path, clock):
         j.open()
 
 
+@pytest.mark.sqlite_only
 def test_open_refuses_a_journal_from_a_newer_version(tmp_path, clock):
+    """SQLite only: the file's user_version (test_pgstore has the database's version)."""
     path = tmp_path / "journal.db"
     sqlite3.connect(path).execute("PRAGMA user_version = 99").connection.close()
     j = Journal(str(path), clock, 3600, lambda b: None, lambda a, r: None)
@@ -272,7 +311,9 @@ def in_the_file_alone(db: Path, copy: Path) -> set[str]:
         copy.unlink()
 
 
+@pytest.mark.sqlite_only
 def test_commits_reach_the_database_file_by_a_checkpoint_beside_the_writer(make, tmp_path):
+    """SQLite only: WAL checkpoints (the server checkpoints on its own)."""
     j, rec = make()
     for i in range(3):  # a few pages: SQLite's own checkpoint in COMMIT waits for 1,000
         append(j, rec, accepted(f"e{i}", "a"))
@@ -281,7 +322,9 @@ def test_commits_reach_the_database_file_by_a_checkpoint_beside_the_writer(make,
     assert rows(j._writer.conn, "PRAGMA wal_autocheckpoint") == [(journal.WAL_BACKSTOP_PAGES,)]
 
 
+@pytest.mark.sqlite_only
 def test_stop_closes_the_checkpointer_first_so_no_wal_is_left(make, tmp_path):
+    """SQLite only: the WAL file and the checkpointer thread."""
     j, rec = make()
     append(j, rec, accepted("e1", "a"))
     j.stop()
@@ -384,7 +427,7 @@ def test_outcomes_of_one_delivery_in_one_transaction_leave_its_attempts_in_trim_
         SaveState("a", WebhookState(delivered=2)),
     )
     j.stop()
-    conn = sqlite3.connect(j.path)
+    conn = j.reader()
     # 1: finished; 3: the newest attempt of an unfinished delivery; 2: its older ones.
     assert rows(conn, "SELECT seq, number, trim_order FROM attempts ORDER BY seq, number") == [
         (s1, 1, 1), (s1, 2, 1), (s2, 1, 2), (s2, 2, 3), (s3, 1, 1),
@@ -415,8 +458,9 @@ def test_a_read_in_a_transaction_sees_the_writes_before_it_and_not_those_after(m
     assert rebuilt.state.delivered == 1 and rebuilt.queued == 2
     assert [d.payload.id for d in before.deliveries] == ["e2", "e3"]
     assert after.deliveries == ()
-    wait_until(lambda: states(j.reader(), "a")["e3"][0] == "cancelled")
-    assert states(j.reader(), "a")["e2"][0] == "done"
+    conn = j.reader()
+    wait_until(lambda: states(conn, "a")["e3"][0] == "cancelled")
+    assert states(conn, "a")["e2"][0] == "done"
 
 
 def test_revive_makes_exhausted_deliveries_pending_with_attempts_reset(make, clock):
@@ -608,16 +652,17 @@ def tried(j: Journal, seq: int, *bodies: str, then: str, at: float) -> None:
         j.submit(Outcome("a", seq, answer(seq, number, at + number, True, "ok"), "done"))
 
 
-def kept(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+def kept(conn) -> list[tuple[str, int]]:
     """(event id, attempt number) of every attempt row, oldest row first."""
     return rows(conn, "SELECT event_id, number FROM attempts ORDER BY id")
 
 
-def accounted(conn: sqlite3.Connection) -> int:
+def accounted(conn) -> int:
     """The running count, checked against the rows themselves."""
     size = attempt_log_bytes(conn)
     assert size == rows(conn, "SELECT coalesce(sum(size), 0) FROM attempts")[0][0]
-    texts = "SELECT coalesce(sum(length(CAST(response AS BLOB))), 0) FROM attempts"
+    text = "length(CAST(response AS BLOB))" if _db(conn) is store else "octet_length(response)"
+    texts = f"SELECT coalesce(sum({text}), 0) FROM attempts"
     assert size >= rows(conn, texts)[0][0]
     return size
 
@@ -717,7 +762,9 @@ def test_a_log_far_over_its_ceiling_is_purged_chunk_by_chunk_without_waiting(
     assert kept(conn)[-1] == ("e9", 2)
 
 
+@pytest.mark.sqlite_only
 def test_a_version_1_journal_is_upgraded_on_open_and_keeps_everything(tmp_path, clock):
+    """SQLite only: the file's schema versions (test_pgstore has the database's)."""
     path = tmp_path / "journal.db"
     old = sqlite3.connect(path, isolation_level=None)
     old.executescript(store._UPGRADES[1])  # the schema version 1 made
@@ -760,7 +807,9 @@ def test_a_version_1_journal_is_upgraded_on_open_and_keeps_everything(tmp_path, 
 # --------------------------------------------------------------------------- failures
 
 
+@pytest.mark.sqlite_only
 def test_disk_full_fails_every_append_in_the_batch_and_the_writer_survives(make, clock):
+    """SQLite only: a full disk through the file's page cap (``max_pages``)."""
     j, rec = make(start=False, max_pages=1)  # capped at the size the new file has
     errors_before = metrics.REGISTRY.get_sample_value("journal_errors_total")
     j.submit(Append((accepted("small", "a"),)))
@@ -780,7 +829,9 @@ def test_disk_full_fails_every_append_in_the_batch_and_the_writer_survives(make,
     assert unfinished(conn) == {"a": (1, 0)}
 
 
+@pytest.mark.sqlite_only
 def test_an_outcome_in_a_failed_transaction_is_retried_until_it_is_written(make, clock):
+    """SQLite only: the failed transaction comes from the file's page cap (``set_max_pages``)."""
     j, rec = make()
     seq = append(j, rec, accepted("e1", "a"))["e1"]
     j.set_max_pages(1)
@@ -797,29 +848,24 @@ def test_an_outcome_in_a_failed_transaction_is_retried_until_it_is_written(make,
     assert attempts(conn, "a", 10)[0]["response"] == "z" * SUCCESS_RESPONSE_CAP
 
 
-def test_a_raising_callback_does_not_kill_the_writer(tmp_path, clock):
+def test_a_raising_callback_does_not_kill_the_writer(make):
     calls = []
 
     def on_commit(batch):
         calls.append(batch)
         raise RuntimeError("subscriber bug")
 
-    j = Journal(str(tmp_path / "j.db"), clock, 3600, on_commit, lambda a, r: None)
-    j.open()
-    j.start()
-    try:
-        j.submit(Append((accepted("e1", "a"),)))
-        wait_until(lambda: len(calls) == 1)
+    j, _ = make(on_commit=on_commit)
+    j.submit(Append((accepted("e1", "a"),)))
+    wait_until(lambda: len(calls) == 1)
 
-        def bad_reply(loaded):
-            raise RuntimeError("reply bug")
+    def bad_reply(loaded):
+        raise RuntimeError("reply bug")
 
-        j.submit(LoadPending("a", 0, 10, bad_reply))
-        j.submit(Append((accepted("e2", "a"),)))
-        wait_until(lambda: len(calls) == 2)
-        assert calls[1][0].seq is not None
-    finally:
-        j.stop()
+    j.submit(LoadPending("a", 0, 10, bad_reply))
+    j.submit(Append((accepted("e2", "a"),)))
+    wait_until(lambda: len(calls) == 2)
+    assert calls[1][0].seq is not None
 
 
 def test_a_malformed_message_spoils_only_itself(make, clock, caplog):
@@ -862,9 +908,11 @@ def failed_outcomes(tmp_path, clock, make, count: int) -> Journal:
     return j
 
 
+@pytest.mark.sqlite_only
 def test_past_its_byte_bound_the_backlog_first_drops_the_oldest_responses(
     tmp_path, clock, make, monkeypatch, caplog
 ):
+    """SQLite only: the failed transaction comes from the file's page cap (``max_pages``)."""
     bound = 4 * 70_000
     monkeypatch.setattr(journal, "MAX_BACKLOG_BYTES", bound)
     j = failed_outcomes(tmp_path, clock, make, 8)
@@ -882,9 +930,11 @@ def test_past_its_byte_bound_the_backlog_first_drops_the_oldest_responses(
     assert saved_states(conn)["a"] == WebhookState("failing", None, 8)
 
 
+@pytest.mark.sqlite_only
 def test_past_its_byte_bound_even_without_responses_the_oldest_outcomes_go(
     tmp_path, clock, make, monkeypatch, caplog
 ):
+    """SQLite only: the failed transaction comes from the file's page cap (``max_pages``)."""
     monkeypatch.setattr(journal, "MAX_BACKLOG_BYTES", 2_000)  # a few bare messages
     j = failed_outcomes(tmp_path, clock, make, 8)
     conn = j.reader()
@@ -899,8 +949,10 @@ def test_past_its_byte_bound_even_without_responses_the_oldest_outcomes_go(
     assert saved_states(conn)["a"] == WebhookState("failing", None, 8)  # states are kept
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize(("sync", "level"), [("full", 2), ("normal", 1)])
 def test_the_writer_commits_with_the_sync_mode_asked_for(tmp_path, sync, level):
+    """SQLite only: ``journal.sync`` is the file's PRAGMA synchronous."""
     conn = store.open_writer(str(tmp_path / "j.db"), sync=sync)
     try:
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == level
@@ -908,8 +960,10 @@ def test_the_writer_commits_with_the_sync_mode_asked_for(tmp_path, sync, level):
         conn.close()
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("sync", ["full", "normal"])
 def test_a_commit_of_outcomes_alone_is_not_fsynced_one_with_events_is(make, sync):
+    """SQLite only: ``journal.sync`` (test_pgstore has the server's synchronous_commit)."""
     j, _ = make(start=False, sync=sync)
     level = {"FULL": 2, "NORMAL": 1}
 

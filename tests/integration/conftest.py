@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -304,11 +305,60 @@ class Daemon:
         self.notify.close()
 
 
+# --------------------------------------------------------------------------- both journal backends
+
+BACKENDS = ("sqlite", "postgresql")
+LEASE = "2s"  # short on PostgreSQL, so that a restarted daemon soon takes its old leases back
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Each test of the daemon runs on both journal backends (SPEC §8), one test id each.
+
+    A test about SQLite itself (its file, its size caps, WAL, ``journal.sync``) carries
+    ``@pytest.mark.sqlite_only`` and runs on SQLite alone, its reason in its docstring.
+    """
+    if "journal_backend" in metafunc.fixturenames:
+        sqlite_only = metafunc.definition.get_closest_marker("sqlite_only") is not None
+        backends = BACKENDS[:1] if sqlite_only else BACKENDS
+        metafunc.parametrize("journal_backend", backends, indirect=True)
+
+
 @pytest.fixture
-def daemon_factory(tmp_path):
+def journal_backend(request: pytest.FixtureRequest) -> str:
+    """The journal backend this run of the test uses (``pytest_generate_tests``)."""
+    return request.param
+
+
+@pytest.fixture
+def journal_settings(request, tmp_path, journal_backend) -> dict[str, Any]:
+    """The config's ``journal`` section for this test's backend ({} for SQLite's defaults).
+
+    On PostgreSQL: a fresh database of the session's server, for every daemon of the
+    test (a restart finds what the last run left, as with the SQLite file), and ``LEASE``
+    unless the test is marked ``@pytest.mark.lease(duration)``.
+    """
+    if journal_backend == "sqlite":
+        return {}
+    dsn_file = tmp_path / "pg.dsn"
+    dsn_file.write_text(request.getfixturevalue("pg_dsn") + "\n")
+    marker = request.node.get_closest_marker("lease")
+    lease = marker.args[0] if marker else LEASE
+    return {"backend": "postgresql", "dsn_file": str(dsn_file), "lease": lease}
+
+
+@pytest.fixture
+def daemon_factory(tmp_path, journal_settings):
+    """``make(webhooks, **top)``: a Daemon in ``tmp_path`` on this test's journal backend.
+
+    ``journal_settings`` merged under the ``journal`` the test sets.
+    """
     made: list[Daemon] = []
 
     def make(webhooks: list[dict], **top: Any) -> Daemon:
+        if journal_settings:
+            if "sync" in top.get("journal", {}):
+                pytest.fail("journal.sync is SQLite's: mark the test sqlite_only", pytrace=False)
+            top["journal"] = {**journal_settings, **top.get("journal", {})}
         d = Daemon(tmp_path, webhooks, **top)
         made.append(d)
         return d
@@ -316,6 +366,37 @@ def daemon_factory(tmp_path):
     yield make
     for d in made:
         d.close()
+
+
+class JournalDB:
+    """A daemon's journal as another process sees its commits: its SQLite file or its database.
+
+    Queries are written with ``?`` marks and run on either backend; every statement
+    commits by itself. Read-only unless ``writable`` (a test planting what an older
+    version could have written).
+    """
+
+    def __init__(self, d: Daemon, writable: bool = False) -> None:
+        journal = d.settings.get("journal") or {}
+        self.postgres = journal.get("backend") == "postgresql"
+        if self.postgres:
+            import psycopg  # the postgresql extra: only where PostgreSQL is used
+
+            dsn = Path(journal["dsn_file"]).read_text().strip()
+            self.conn: Any = psycopg.connect(dsn, autocommit=True)
+            if not writable:
+                self.conn.execute("SET default_transaction_read_only = on")
+        else:
+            path = d.tmp / "state" / "journal.db"
+            uri = f"file:{path}" if writable else f"file:{path}?mode=ro"
+            self.conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+
+    def rows(self, sql: str, *params: Any) -> list[tuple]:
+        cursor = self.conn.execute(sql.replace("?", "%s") if self.postgres else sql, params)
+        return [tuple(r) for r in cursor.fetchall()] if cursor.description else []
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def pytest_collection_modifyitems(items):

@@ -1,15 +1,14 @@
 """The attempt log on disk: a 2xx keeps a prefix of its body, and the log stays under its ceiling.
 
-The real daemon against real receivers with 64 KiB bodies; the journal file is read
-straight from disk (read-only) to see what was stored.
+The real daemon against real receivers with 64 KiB bodies; the journal (the file, read
+straight from disk, or the database) is read to see what was stored.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 
-from tests.integration.conftest import Reply, wait_until
+from tests.integration.conftest import Daemon, JournalDB, Reply, wait_until
 
 BIG = 64 * 1024  # what the delivery pool keeps of a body
 PREFIX = 1024  # what the attempt log keeps of a 2xx's body
@@ -20,21 +19,18 @@ def big(tag: str) -> bytes:
     return tag.encode() * BIG
 
 
-class Journal:
-    """The daemon's journal file, read-only, as another process sees its commits."""
+class Journal(JournalDB):
+    """The daemon's journal, read-only, as another process sees its commits."""
 
-    def __init__(self, path: str) -> None:
-        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-
-    def rows(self, sql: str, *params) -> list[tuple]:
-        return self.conn.execute(sql, params).fetchall()
+    def __init__(self, d: Daemon) -> None:
+        super().__init__(d)
+        self._bytes = "octet_length({})" if self.postgres else "length(CAST({} AS BLOB))"
 
     def text_bytes(self) -> int:
         """What the stored responses and errors take, summed from the rows themselves."""
-        return self.rows(
-            "SELECT coalesce(sum(length(CAST(coalesce(response, '') AS BLOB))"
-            " + length(CAST(coalesce(error, '') AS BLOB))), 0) FROM attempts"
-        )[0][0]
+        response = self._bytes.format("coalesce(response, '')")
+        error = self._bytes.format("coalesce(error, '')")
+        return self.rows(f"SELECT coalesce(sum({response} + {error}), 0) FROM attempts")[0][0]
 
     def done(self, webhook: str) -> int:
         sql = "SELECT count(*) FROM deliveries WHERE webhook = ? AND state = 'done'"
@@ -56,7 +52,7 @@ def test_success_bodies_are_cut_and_the_attempt_log_stays_under_its_ceiling(hook
         ],
         attempt_log_max="1MiB",
     ).start()  # fmt: skip
-    journal = Journal(str(d.tmp / "state" / "journal.db"))
+    journal = Journal(d)
 
     # The oldest attempts of all: an exhausted delivery, whose newest attempt must stay.
     d.send({"type": "D", "id": "down-1"})

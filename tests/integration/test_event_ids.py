@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import pytest
 
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import JournalDB, wait_until
 
 ODD_IDS = ["订单-1", "line\r\nX-Injected: 1", "tab\there", "nul\x00", "with space"]
 
@@ -36,16 +35,14 @@ def test_a_delivery_the_router_cannot_build_is_its_own_fault_and_never_disables(
     assert d.send({"type": "X", "id": "first"})["ok"] is True
     wait_until(lambda: d.webhook("w")["delivered"] == 1, what="the first delivery")
     assert d.stop() == 0
-    conn = sqlite3.connect(d.tmp / "state" / "journal.db")
+    journal = JournalDB(d, writable=True)
     body = '{"id":"订单-1","type":"X","timestamp":"2026-12-01T00:00:00.000Z","data":{}'
-    with conn:
-        cur = conn.execute(
-            "INSERT INTO events (id, type, received_at, body) VALUES (?, 'X', 0, ?)",
-            ("订单-1", body),
-        )
-        conn.execute("INSERT INTO deliveries (seq, webhook, state) VALUES (?, 'w', 'pending')",
-                     (cur.lastrowid,))  # fmt: skip
-    conn.close()
+    ((seq,),) = journal.rows(
+        "INSERT INTO events (id, type, received_at, body) VALUES (?, 'X', 0, ?) RETURNING seq",
+        "订单-1", body,
+    )  # fmt: skip
+    journal.rows("INSERT INTO deliveries (seq, webhook, state) VALUES (?, 'w', 'pending')", seq)
+    journal.close()
 
     d.start()
     # Five attempts (the Daemon's retry settings), each the router's fault: kept as failed.

@@ -2,7 +2,7 @@
 
 from standardwebhooks.webhooks import Webhook
 
-from tests.integration.conftest import Daemon, Reply, wait_until
+from tests.integration.conftest import Reply, wait_until
 
 
 def test_acked_events_survive_kill_9_and_go_out_after_restart(hooks, daemon_factory):
@@ -114,9 +114,9 @@ def test_pull_events_are_journaled_and_delivered(hooks, daemon_factory):
     assert sorted(hooks.ids("/p")) == sorted(f"p{i}" for i in range(100))
 
 
-def test_a_second_daemon_on_the_same_state_dir_refuses_to_start(hooks, daemon_factory, tmp_path):
+def test_a_second_daemon_on_the_same_state_dir_refuses_to_start(hooks, daemon_factory):
     first = daemon_factory([{"name": "a", "url": hooks.url("/a")}]).start()
-    second = Daemon(tmp_path, first.settings["webhooks"], notify_name="notify2.sock")
+    second = daemon_factory(first.settings["webhooks"], notify_name="notify2.sock")  # same journal
     try:
         second.start(wait_ready=False)
         assert second.proc.wait(20) == 1

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import msgpack
 import pytest
 import zmq
 
 from router.budget import DELIVERY_COST
-from tests.integration.conftest import Reply, wait_until
+from tests.integration.conftest import JournalDB, Reply, wait_until
 
 MiB = 1024 * 1024
 CEILING = 1024 * MiB  # the README's bound for the default settings
@@ -98,9 +96,9 @@ def test_waiting_retries_are_bounded_in_memory_and_the_journal_holds_the_rest(
         assert w["in_memory"] <= 1000 and w["retrying"] <= 1000, w
         assert w["queued"] + w["in_flight"] == total, w
         assert w["memory_bytes"] <= w["in_memory"] * DELIVERY_COST + 4 * MiB, w
-    conn = sqlite3.connect(d.tmp / "state" / "journal.db")
-    pending = conn.execute("SELECT count(*) FROM deliveries WHERE state = 'pending'").fetchone()
-    assert pending[0] == total
+    journal = JournalDB(d)
+    assert journal.rows("SELECT count(*) FROM deliveries WHERE state = 'pending'") == [(total,)]
+    journal.close()
 
     # The endpoint recovers: everything goes out, nothing was lost on the way.
     hooks.default("/r", Reply(200))

@@ -15,12 +15,16 @@ import threading
 import urllib.request
 from datetime import UTC, datetime
 
+import pytest
+
 from tests.builders import sigint_as_at_a_terminal
 from tests.integration.conftest import Reply, wait_until
 from tests.integration.test_recovery import GatedHooks
 
 
+@pytest.mark.sqlite_only
 def test_a_full_disk_refuses_acked_events_with_a_reason_and_loses_nothing(hooks, daemon_factory):
+    """SQLite only: the daemon's own disk, its WAL file (a database server has its own disk)."""
     d = daemon_factory([{"name": "a", "url": hooks.url("/a")}]).start()
     assert d.send({"type": "T", "id": "before"})["ok"] is True
     wal = d.tmp / "state" / "journal.db-wal"

@@ -9,7 +9,6 @@ file; a stopped journal never commits), still over real HTTP.
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import msgpack
 import pytest
@@ -24,7 +23,7 @@ from router.config import IngestConfig
 from router.envelope import BadEvent
 from router.messages import Committed
 from router.receiver import BUSY, AckChannel, Bind, Publish, Receiver, Waiter
-from tests.integration.conftest import SECRET, wait_until
+from tests.integration.conftest import SECRET, JournalDB, wait_until
 from tests.integration.test_api import ACME, ADMIN, READ, TOKENS, URL_SECRET, Client, _free_port
 from tests.integration.test_api import start as start_daemon
 
@@ -56,17 +55,15 @@ def test_a_published_event_is_delivered_signed_to_the_webhooks_the_filter_chose(
     assert d.status()["events"]["received"] == 2  # counted as ZeroMQ events are
 
 
-def test_an_acked_event_is_in_the_journal_file_when_the_daemon_is_killed_at_once(
-    hooks, daemon_factory
-):
+def test_an_acked_event_is_in_the_journal_when_the_daemon_is_killed_at_once(hooks, daemon_factory):
     d, api = start_daemon(daemon_factory, hooks)
     ids = [f"kept-{i}" for i in range(5)]
     for eid in ids:
         assert publish(api, {"type": "C_ANY", "id": eid})[0] == 201
     d.kill9()
-    journal = sqlite3.connect(f"file:{d.tmp / 'state' / 'journal.db'}?mode=ro", uri=True)
+    journal = JournalDB(d)
     try:
-        stored = [row[0] for row in journal.execute("SELECT id FROM events ORDER BY seq")]
+        stored = [row[0] for row in journal.rows("SELECT id FROM events ORDER BY seq")]
     finally:
         journal.close()
     assert stored == ids
@@ -198,7 +195,7 @@ def _total(view: dict) -> int:
 
 
 @pytest.fixture
-def app(tmp_path, hooks):
+def app(tmp_path, hooks, journal_settings):
     """The daemon's parts in this process (its journal's test hook reachable), API on HTTP."""
     port = _free_port()
     (tmp_path / "tokens.yaml").write_text(yaml.safe_dump(TOKENS, sort_keys=False))
@@ -210,6 +207,8 @@ def app(tmp_path, hooks):
         "webhooks": [{"name": "w", "url": hooks.url("/w"), "secret": SECRET,
                       "allow_private_networks": True}],
     }  # fmt: skip
+    if journal_settings:
+        settings["journal"] = journal_settings
     (tmp_path / "router.yaml").write_text(yaml.safe_dump(settings))
     running = App(config.load(str(tmp_path / "router.yaml")))
     running.start()
@@ -217,7 +216,9 @@ def app(tmp_path, hooks):
     running.stop()
 
 
+@pytest.mark.sqlite_only
 def test_a_journal_that_cannot_write_answers_503_and_nothing_is_acked_or_sent(app, hooks):
+    """SQLite only: the failed write comes from the file's page cap (``set_max_pages``)."""
     running, api = app
     big = {"blob": "x" * 200_000}  # needs new pages: the capped file has none to give
     running.journal.set_max_pages(1)

@@ -16,8 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 soak = importlib.import_module("soak")
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.timeout(600)
 def test_kill9_under_mixed_traffic_loses_and_misroutes_no_acked_event(tmp_path):
+    """SQLite only: the heaviest test (a minute or more); PostgreSQL's kill -9 is test_cluster's."""
     result = soak.run(30, tmp_path, drain=300, seed=6, rate=30, log=lambda line: None)
     log = (tmp_path / "daemon.log").read_text(errors="replace").splitlines()
     report = "\n".join([*result.lines(), "daemon log (end):", *log[-40:]])
