@@ -108,8 +108,11 @@ class Cluster:
         self._thread.start()
 
     def want(self, webhooks: Iterable[str]) -> None:
-        """A reload's webhooks: the next round takes, keeps and lets go by them."""
+        """A reload's webhooks: the next round takes, keeps and lets go by them. One removed
+        and added again before that round is still held here: it starts again now."""
         self.keeper.want(webhooks)
+        if self._dispatcher is not None:
+            self._gained(dict(self.keeper.held))  # those with a running handle are skipped
 
     def stop(self) -> None:
         """Give every lease up (the supervisors stop first), so others take them now."""
