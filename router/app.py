@@ -428,18 +428,19 @@ class App:
         here = {s["name"]: s for s in self._snapshots()}
         others = [w for w in self.config.webhooks if w.name not in here]
         owners = self.cluster.owner([w.name for w in others]) if others else {}
-        saved: dict = {}
-        counts: dict = {}
-        if others:
-            conn = self.journal.reader()
-            try:
-                saved, counts = self.journal.db.saved_states(conn), self.journal.db.unfinished(conn)
-            finally:
-                conn.close()
+        conn = self.journal.reader()  # the counts: other daemons add to any webhook's queue
+        try:
+            counts = self.journal.db.unfinished(conn)
+            saved = self.journal.db.saved_states(conn) if others else {}
+        finally:
+            conn.close()
         out = []
         for w in self.config.webhooks:
             if w.name in here:
                 snap = here[w.name] | {"owner": self.cluster.node}
+                if "in_flight" in snap:
+                    waiting = counts.get(w.name, (0, 0))[0] - snap["in_flight"]
+                    snap["queued"] = max(0, waiting)
             else:
                 queued, exhausted = counts.get(w.name, (0, 0))
                 state = saved.get(w.name, WebhookState())

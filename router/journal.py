@@ -484,7 +484,11 @@ class Journal:
             found, wanted = db.pending_deliveries(
                 conn, msg.webhook, msg.after_seq, msg.limit, msg.max_bytes, msg.seqs
             )
-            loaded = Loaded(msg.webhook, found, msg.after_seq, msg.limit, wanted, msg.seqs)
+            queued = None  # shared: others add to the webhook's queue, so count it (SPEC §8)
+            if self._dsn is not None and not msg.seqs:
+                queued = db.one_webhook(conn, msg.webhook)[1]
+            loaded = Loaded(msg.webhook, found, msg.after_seq, msg.limit, wanted, msg.seqs,
+                            queued=queued)  # fmt: skip
             out.after.append(functools.partial(msg.reply, loaded))
         elif isinstance(msg, Revive):
             revived = self._fenced(out, db.revive, conn, msg)

@@ -229,3 +229,15 @@ def test_an_attempt_that_waits_for_a_worker_past_its_leases_deadline_is_sent(clu
     wait_until(lambda: set(hooks.ids("/slow")) == {"first", "second"}, timeout=30, what="both")
     log = json.loads(d.cli("attempts", "slow", "--json").stdout)
     assert [(a["id"], a["attempt"], a["error"]) for a in log if a["error"]] == []
+
+
+def test_the_holder_counts_what_other_daemons_journaled_for_its_webhooks(cluster, hooks):
+    webhooks = _hooks(hooks, 1)
+    a, b = cluster("a", webhooks), cluster("b", webhooks)
+    a.start()
+    wait_until(lambda: _owners(a) == {"w0": "a"}, timeout=LEASE * 5 + 10, what="a owns w0")
+    b.start()
+    assert a.cli("disable", "w0").returncode == 0
+    for i in range(3):
+        assert b.send({"type": "T", "id": f"q{i}"})["ok"]  # journaled by b, held by a
+    wait_until(lambda: a.webhook("w0")["queued"] == 3, what="a counting b's three")
