@@ -45,7 +45,6 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from router import RouterError
-from router.budget import delivery_cost
 from router.clock import iso
 from router.messages import (
     CANCELLED,
@@ -57,11 +56,10 @@ from router.messages import (
     Committed,
     Delivery,
     Outcome,
-    Payload,
     Revive,
     WebhookState,
 )
-from router.store import ROW_COST, SUCCESS_RESPONSE_CAP, kept_response, prefix
+from router.store import ROW_COST, SUCCESS_RESPONSE_CAP, deliveries_within, kept_response, prefix
 
 log = logging.getLogger(__name__)
 
@@ -803,16 +801,7 @@ def pending_deliveries(
         rows = conn.execute(_PENDING_BY_SEQ_SQL, (webhook, list(seqs)))
     else:
         rows = conn.execute(_PENDING_SQL, (webhook, after_seq, limit))
-    out: list[Delivery] = []
-    total = 0
-    for seq, eid, etype, body, attempts_, next_at in rows:
-        d = Delivery(seq, Payload(eid, etype, body), attempts_, next_at)
-        cost = delivery_cost(d)
-        if max_bytes is not None and total + cost > max_bytes:
-            return tuple(out), cost
-        total += cost
-        out.append(d)
-    return tuple(out), 0
+    return deliveries_within(rows, max_bytes)
 
 
 def attempts(

@@ -529,6 +529,12 @@ def pending_deliveries(
                             (webhook, *seqs))  # fmt: skip
     else:
         rows = conn.execute(_PENDING_SQL, (webhook, after_seq, limit))
+    return deliveries_within(rows, max_bytes)
+
+
+def deliveries_within(rows: Any, max_bytes: int | None) -> tuple[tuple[Delivery, ...], int]:
+    """Pending-delivery rows (seq, id, type, body, attempts, next_at) as deliveries, up to
+    ``max_bytes``; the second value is the cost of the first one left out (0: none was)."""
     out: list[Delivery] = []
     total = 0
     for seq, eid, etype, body, attempts, next_at in rows:
