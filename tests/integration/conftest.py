@@ -280,6 +280,17 @@ class Daemon:
         finally:
             sock.close()
 
+    def push_in_order(self, *messages: list[bytes]) -> None:
+        """Send ``messages`` over one PUSH socket; from a socket each, they arrive in any order."""
+        sock = self._ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 2000)
+        try:
+            sock.connect(self.pull)
+            for frames in messages:
+                sock.send_multipart(frames)
+        finally:
+            sock.close()
+
     def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "router", *args, "-c", str(self.config_path)],
