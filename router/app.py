@@ -108,12 +108,13 @@ class App:
             fence=self.cluster and self.cluster.fence,
             on_lost=self.cluster and self.cluster.lost,
         )
+        trust = self.cluster and self.cluster.keeper.trust
         if cfg.delivery_processes:
-            self.pool = Senders(cfg.delivery_processes, cfg.delivery_workers, self.clock)
+            self.pool = Senders(cfg.delivery_processes, cfg.delivery_workers, self.clock, trust)
         else:  # imported here: the HTTP stack (~12 MB with OpenSSL) is the senders' otherwise
             from router.delivery import DeliveryPool
 
-            self.pool = DeliveryPool(cfg.delivery_workers, self.clock)
+            self.pool = DeliveryPool(cfg.delivery_workers, self.clock, trust=trust)
         self.scheduler = Scheduler(self.clock)
         self.budget = Budget()  # bytes all webhooks' in-memory queues may hold together
         self.starter = Starter()
@@ -127,7 +128,7 @@ class App:
             self.starter,
             self.budget,
             alerter=self.alerter,
-            deadline=self.cluster and self.cluster.keeper.deadline,
+            trust=trust,
         )
         self.dispatcher = Dispatcher(self.wiring, self.channel, shared=shared)
         # The API-made webhooks: in the journal, whichever it is.

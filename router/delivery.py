@@ -33,6 +33,7 @@ from router.connections import LRU, STOP_GRACE, Target, Watchdog, pool_classes, 
 from router.guard import RESOLVER_THREADS, ConnectError, Lookup, Resolver
 from router.messages import Attempt, AttemptResult
 from router.retry import RETRY_AFTER_STATUSES
+from router.trust import Trust
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,14 @@ class DeliveryPool:
         clock: Clock | None = None,
         resolve: Lookup = socket.getaddrinfo,
         resolver_threads: int = RESOLVER_THREADS,
+        trust: Trust | None = None,
     ):
-        """``resolve`` stands in for ``socket.getaddrinfo`` (tests make names hang or fan out)."""
+        """``resolve`` stands in for ``socket.getaddrinfo`` (tests make names hang or fan out);
+        ``trust`` is what the daemon's leases allow (SPEC §8), None for one daemon alone."""
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self._clock = clock or Clock()
+        self._trust = trust
         self._resolver = resolver = Resolver(resolve, resolver_threads, self._clock)
         self._queue: queue.SimpleQueue[tuple[Attempt, Reply] | None] = queue.SimpleQueue()
         self._stopping = threading.Event()
@@ -158,11 +162,15 @@ class DeliveryPool:
         except Exception:
             log.exception("%s: event %s: reply callback failed", result.webhook, attempt.payload.id)
 
+    def _allowed(self, generation: int) -> bool:
+        """Do this daemon's leases still let an attempt of ``generation`` go out?"""
+        return self._trust is not None and self._trust.allows(generation)
+
     def _send(self, attempt: Attempt) -> AttemptResult:
         """One POST: sign, send, read at most 64 KiB, describe what happened."""
         webhook = attempt.webhook
         started_at = self._clock.time()
-        if attempt.not_after and time.monotonic() > attempt.not_after:  # the system's clock
+        if attempt.lease_generation and not self._allowed(attempt.lease_generation):
             return _result(attempt, started_at, 0.0, error=LEASE_GONE, router_fault=True)
         try:
             target = self._target(webhook)

@@ -13,9 +13,10 @@ Expiries are the database's (``now()``); the daemon's own clock only measures ho
 long it may trust what it holds: until the monotonic time it *sent* the last round
 that succeeded, plus ``lease``, minus ``margin``. The database's expiry is later than
 that, whatever the two clocks say. Past it, or when a round fails, every lease is
-given up at once (``on_lost``), before the next attempt goes out. ``deadline()`` is
-that time, for the senders to check before each POST: a daemon paused past its lease
-(SIGSTOP, a long GC pause, a frozen VM) wakes with attempts that no longer go out.
+given up at once (``on_lost``), before the next attempt goes out. ``trust``
+(``router.trust``) carries that time to the senders, which check it before each POST,
+with a generation that every loss bumps: a daemon paused past its lease (SIGSTOP, a
+long GC pause, a frozen VM) wakes with attempts that no longer go out.
 
 Callbacks run on the keeper's thread: ``on_gained({webhook: epoch})`` after the
 commit that took them, ``on_lost([webhook, ...])`` before the commit that lets them
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from router.pgstore import hold_off_writers
+from router.trust import Trust
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ class LeaseKeeper:
         self._added: set[str] = set()  # rows known to exist in ``leases``
         self.held: dict[str, int] = {}  # webhook -> epoch; changed under _holding only
         self._holding = threading.RLock()  # the keeper's rounds, and give_up from elsewhere
-        self._trusted_until = 0.0
+        self.trust = Trust(monotonic=monotonic)  # what the senders check before each POST
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -104,17 +106,13 @@ class LeaseKeeper:
         with self._lock:
             self._wanted = tuple(sorted(set(webhooks)))
 
-    def deadline(self) -> float:
-        """Until when (monotonic) the leases held may be trusted; 0 when none is."""
-        return self._trusted_until
-
     def epoch(self, webhook: str) -> int | None:
         return self.held.get(webhook)
 
     def give_up(self, webhooks: list[str]) -> None:
         """Another daemon holds these now (a fenced write matched nothing): stop them."""
         with self._holding:
-            self._give_up(webhooks, release=False)
+            self._give_up(webhooks, lost=True)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="leases", daemon=True)
@@ -154,7 +152,7 @@ class LeaseKeeper:
         except Exception as e:
             log.error("leases: the round failed (%s); giving up every lease", _reason(e))
             with self._holding:
-                self._give_up(list(self.held), release=False)
+                self._give_up(list(self.held), lost=True)
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -168,15 +166,15 @@ class LeaseKeeper:
             now = self._monotonic()
             if now >= next_round:
                 return
-            until = min(next_round, self._trusted_until) if self.held else next_round
+            until = min(next_round, self.trust.until) if self.held else next_round
             self._stop.wait(max(0.0, until - now))
 
     def check(self) -> None:
         """Give up every lease if the last successful round is too long ago to trust them."""
         with self._holding:
-            if self.held and self._monotonic() >= self._trusted_until:
+            if self.held and self._monotonic() >= self.trust.until:
                 log.error("leases: no successful round since the leases ran out; giving up")
-                self._give_up(list(self.held), release=False)
+                self._give_up(list(self.held), lost=True)
 
     def round(self) -> None:
         """One transaction: heartbeat, renew, let go beyond the fair share, take up to it."""
@@ -194,14 +192,15 @@ class LeaseKeeper:
             renewed = dict(
                 conn.execute(_RENEW, (self.lease, self.node, list(self.held))).fetchall()
             )
-            lost = [w for w, epoch in self.held.items() if renewed.get(w) != epoch]
-            if lost:
-                log.warning("leases: lost %d to other daemons: %s", len(lost), _some(lost))
+            gone = [w for w, epoch in self.held.items() if renewed.get(w) != epoch]
+            if gone:
+                log.warning("leases: lost %d to other daemons: %s", len(gone), _some(gone))
             wanted_set = set(wanted)
             share = fair_share(len(wanted), live)
-            keep = sorted(w for w in renewed if w in wanted_set and w not in lost)
+            keep = sorted(w for w in renewed if w in wanted_set and w not in gone)
             let_go = [w for w in renewed if w not in wanted_set] + keep[share:]
-            self._give_up(lost + let_go, release=False)
+            self._give_up(gone, lost=True)
+            self._give_up(let_go)
             if let_go:
                 conn.execute(_RELEASE, (self.node, let_go))
             taken: dict[str, int] = {}
@@ -210,17 +209,23 @@ class LeaseKeeper:
                 rows = conn.execute(_TAKE, (self.node, self.lease, list(wanted), need)).fetchall()
                 taken = dict(rows)
         self._added.update(new)
-        self._trusted_until = sent + self.lease - self.margin
+        self.trust.renewed(sent + self.lease - self.margin)
         if taken:
             self.held.update(taken)
             log.info("leases: took %d: %s", len(taken), _some(sorted(taken)))
             self._on_gained(taken)
 
-    def _give_up(self, webhooks: list[str], release: bool) -> None:
-        """Stop delivering ``webhooks`` now; with ``release``, free their leases too."""
+    def _give_up(self, webhooks: list[str], release: bool = False, lost: bool = False) -> None:
+        """Stop delivering ``webhooks`` now; with ``release``, free their leases too.
+
+        ``lost``: taken from this daemon, or no longer trusted, rather than let go. Then
+        no attempt handed over so far goes out any more, whichever webhook it is for.
+        """
         gone = [w for w in webhooks if self.held.pop(w, None) is not None]
         if not gone:
             return
+        if lost:
+            self.trust.lose()
         self._on_lost(gone)
         if release:
             try:

@@ -103,9 +103,9 @@ class Attempt:
     seq: int
     payload: Payload
     number: int  # 1-based attempt number, sent as webhook-attempt
-    # Monotonic time past which it must not go out: this daemon's lease on the webhook
-    # may be another's by then (SPEC §8). 0: no such limit (one daemon on its own).
-    not_after: float = 0.0
+    # The generation of this daemon's lease trust when it was handed over (SPEC §8,
+    # router.trust): it goes out only while that still allows it. 0: no lease (one daemon).
+    lease_generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@ supervisors keep owning retries and health: a child only reports facts.
 
 Each child is joined to the daemon by a socket pair it inherits: no file to
 protect, and a child whose daemon died (even by kill -9) reads end-of-file and
-exits. Both ways carry a stream of msgpack arrays, one per record; whatever is waiting
+exits. On several daemons it also inherits the lease trust (``router.trust``), shared
+memory its pool checks before each POST. Both ways carry a stream of msgpack arrays, one per record; whatever is waiting
 when a writer thread wakes goes in one write. What a child must know of a webhook
 to send to it (``_sendable``) travels once per config, not per attempt.
 
@@ -42,6 +43,7 @@ import router
 from router import RouterError
 from router.clock import Clock
 from router.messages import Attempt, AttemptResult, Payload
+from router.trust import Trust
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +83,14 @@ def _unpacker() -> msgpack.Unpacker:
 class Senders:
     """Attempts go to ``processes`` child processes of ``workers`` sending threads in all."""
 
-    def __init__(self, processes: int, workers: int, clock: Clock | None = None):
+    def __init__(
+        self, processes: int, workers: int, clock: Clock | None = None, trust: Trust | None = None
+    ):
+        """``trust``: what the daemon's leases allow (SPEC §8); the children map it too."""
         if processes < 1:
             raise ValueError("processes must be at least 1")
         self._clock = clock or Clock()
+        self.trust = trust
         self._threads = -(-workers // processes)  # each child's share, rounded up
         self._tokens = itertools.count(1)
         self._stopping = False
@@ -170,12 +176,12 @@ class _Child:
         top = os.path.dirname(os.path.dirname(os.path.abspath(router.__file__)))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (top, env.get("PYTHONPATH"))))
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-        argv = [sys.executable, "-m", "router.senders", str(theirs.fileno()),
-                str(self.senders._threads), level]  # fmt: skip
+        trust = self.senders.trust
+        fds = (theirs.fileno(), *([trust.fileno()] if trust else []))
+        argv = [sys.executable, "-m", "router.senders", str(self.senders._threads), level,
+                *map(str, fds)]  # fmt: skip
         try:
-            self.proc = subprocess.Popen(
-                argv, pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL
-            )
+            self.proc = subprocess.Popen(argv, pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
         except OSError as exc:
             log.error("cannot start sender process %d: %s", self.number, exc)
             return False
@@ -233,7 +239,7 @@ class _Child:
             self._configs.move_to_end(id(webhook))
         p = attempt.payload
         out.append([_ATTEMPT, token, known[0], attempt.seq, p.id, p.type, p.body, attempt.number,
-                    attempt.not_after])  # fmt: skip
+                    attempt.lease_generation])  # fmt: skip
         return out
 
     # ------------------------------------------------------------------ from the child
@@ -359,8 +365,11 @@ def _config(fields: list) -> Any:
 # --------------------------------------------------------------------------- the child's side
 
 
-def child_main(fd: int, threads: int, level: str) -> int:
-    """Run one child: attempts in, results out, until a stop or end-of-file."""
+def child_main(threads: int, level: str, fd: int, trust_fd: int | None = None) -> int:
+    """Run one child: attempts in, results out, until a stop or end-of-file.
+
+    ``fd`` is its end of the socket pair; ``trust_fd`` the daemon's lease trust, if any.
+    """
     from router.cli import setup_logging
     from router.delivery import DeliveryPool
 
@@ -369,7 +378,7 @@ def child_main(fd: int, threads: int, level: str) -> int:
     setup_logging(level)
     sock = socket.socket(fileno=fd)
     out = _Out(sock)
-    pool = DeliveryPool(threads)
+    pool = DeliveryPool(threads, trust=None if trust_fd is None else Trust(trust_fd))
     pool.start()
     out.send([_HELLO])
     configs: dict[int, Any] = {}
@@ -378,9 +387,9 @@ def child_main(fd: int, threads: int, level: str) -> int:
         for record in batch:
             kind = record[0]
             if kind == _ATTEMPT:
-                _, token, key, seq, pid, ptype, body, number, not_after = record
+                _, token, key, seq, pid, ptype, body, number, generation = record
                 payload = Payload(pid, ptype, body)
-                attempt = Attempt(configs[key], seq, payload, number, not_after)
+                attempt = Attempt(configs[key], seq, payload, number, generation)
                 pool.submit(attempt, partial(out.result, token))
             elif kind == _CONFIG:
                 configs[record[1]] = _config(record[2:])
@@ -412,4 +421,4 @@ class _Out:
 
 
 if __name__ == "__main__":
-    sys.exit(child_main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]))
+    sys.exit(child_main(int(sys.argv[1]), sys.argv[2], *map(int, sys.argv[3:])))

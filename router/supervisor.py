@@ -25,6 +25,7 @@ import pykka
 from router.actor import Actor
 from router.config import WebhookConfig
 from router.messages import AttemptResult, Delivery, Loaded, LoadPending, Revive
+from router.trust import Trust
 from router.webhook import Load, Notify, Record, Requeue, Send, WakeAt, WebhookCore
 
 if TYPE_CHECKING:
@@ -123,8 +124,7 @@ class Wiring:
     starter: Starter | None = None  # None: start supervisors on the caller's thread
     budget: Any = None  # the memory budget every webhook's queue shares (router.budget)
     alerter: Any = None  # router.alerts.Alerter: takes alerts off the data path; None: none
-    # Until when (monotonic) this daemon's leases may be trusted (SPEC §8); None: one daemon.
-    deadline: Callable[[], float] | None = None
+    trust: Trust | None = None  # what this daemon's leases allow (SPEC §8); None: one daemon
 
 
 # --------------------------------------------------------------------------- the actor
@@ -251,8 +251,8 @@ class Supervisor(Actor):
         for e in effects:
             match e:
                 case Send(attempt):
-                    if w.deadline is not None:  # past it, the sender drops the attempt
-                        attempt = replace(attempt, not_after=w.deadline())
+                    if w.trust is not None:  # the sender drops it once the lease is not trusted
+                        attempt = replace(attempt, lease_generation=w.trust.generation)
                     w.pool.submit(attempt, self._answer)
                 case Record(message):
                     w.journal.submit(message)

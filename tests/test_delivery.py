@@ -25,6 +25,7 @@ from router import __version__
 from router.config import WebhookConfig
 from router.delivery import HARD_DEADLINE, LEASE_GONE, DeliveryPool
 from router.messages import Attempt, AttemptResult, Payload
+from router.trust import Trust
 from tests.builders import KEY, PAYLOAD, hook
 from tests.hostile import blackhole
 
@@ -708,13 +709,28 @@ def test_network_and_endpoint_failures_are_never_router_faults(server, pool):
     ]  # fmt: skip
 
 
-def test_an_attempt_past_its_lease_deadline_is_not_sent(server, pool):
+def test_an_attempt_goes_out_only_while_the_leases_trust_allows_it(server):
     """A daemon that was paused past its lease (SPEC §8) sends nothing for the webhook."""
+    trust = Trust()
+    pool = DeliveryPool(workers=1, trust=trust)
+    pool.start()
     webhook = hook(f"http://127.0.0.1:{server.port}/")
     results: queue.Queue[AttemptResult] = queue.Queue()
-    pool.submit(Attempt(webhook, 1, PAYLOAD, 1, time.monotonic() - 0.001), results.put)
-    late = results.get(timeout=10)
-    assert (late.ok, late.error, late.router_fault) == (False, LEASE_GONE, True)
-    assert server.received == []
-    pool.submit(Attempt(webhook, 1, PAYLOAD, 1, time.monotonic() + 60), results.put)
-    assert results.get(timeout=10).ok and len(server.received) == 1
+    try:
+        trust.renewed(time.monotonic() - 0.001)  # the last renewal is too long ago
+        pool.submit(Attempt(webhook, 1, PAYLOAD, 1, trust.generation), results.put)
+        late = results.get(timeout=10)
+        assert (late.ok, late.error, late.router_fault) == (False, LEASE_GONE, True)
+        assert server.received == []
+        handed = trust.generation
+        trust.renewed(time.monotonic() + 60)  # renewed after the hand-off: it counts
+        pool.submit(Attempt(webhook, 1, PAYLOAD, 1, handed), results.put)
+        assert results.get(timeout=10).ok and len(server.received) == 1
+        trust.lose()
+        trust.renewed(time.monotonic() + 60)  # leases held again, but not the ones it had
+        pool.submit(Attempt(webhook, 1, PAYLOAD, 1, handed), results.put)
+        assert results.get(timeout=10).error == LEASE_GONE and len(server.received) == 1
+        pool.submit(Attempt(webhook, 1, PAYLOAD, 1), results.put)  # no lease: one daemon
+        assert results.get(timeout=10).ok and len(server.received) == 2
+    finally:
+        pool.stop(5)

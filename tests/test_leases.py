@@ -104,13 +104,29 @@ def test_trust_ends_at_the_last_rounds_send_time_plus_lease_minus_margin(keepers
     clock = Clock()
     k, seen = keepers("n1", lease=10.0, clock=clock)
     k.round()
-    assert k.deadline() == 1000.0 + 10.0 - k.margin
-    clock.now = k.deadline() - 0.001
+    assert k.trust.until == 1000.0 + 10.0 - k.margin
+    handed = k.trust.generation  # an attempt handed to the senders now
+    clock.now = k.trust.until - 0.001
     k.check()
-    assert seen.lost == []
-    clock.now = k.deadline()  # paused, or the rounds stalled: stop before the next POST
+    assert seen.lost == [] and k.trust.allows(handed)
+    clock.now = k.trust.until  # paused, or the rounds stalled: stop before the next POST
+    assert not k.trust.allows(handed)
     k.check()
     assert seen.lost == [HOOKS] and k.held == {}
+    k.round()  # the next round succeeds: trusted again, for what it takes from now on
+    assert k.trust.allows(k.trust.generation)
+    assert not k.trust.allows(handed)  # what was handed over before the loss stays unsent
+
+
+def test_letting_leases_go_to_a_joining_daemon_leaves_the_others_attempts_alone(keepers):
+    k1, seen1 = keepers("n1")
+    k1.round()
+    handed = k1.trust.generation
+    k2, _ = keepers("n2")
+    k2.round()  # a second live daemon: n1's share halves
+    k1.round()
+    assert seen1.lost == [["d", "e"]] and sorted(k1.held) == ["a", "b", "c"]
+    assert k1.trust.allows(handed)  # what n1 still holds goes on without a hiccup
 
 
 def test_a_failed_round_gives_up_every_lease_at_once(keepers, caplog):

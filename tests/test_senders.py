@@ -14,6 +14,7 @@ from standardwebhooks.webhooks import Webhook
 from router.delivery import LEASE_GONE
 from router.messages import Attempt, AttemptResult, Payload
 from router.senders import Senders
+from router.trust import Trust
 from tests.builders import KEY, PAYLOAD, hook
 from tests.test_delivery import serve, whsec
 
@@ -210,10 +211,21 @@ def test_results_for_one_reply_that_arrive_together_are_handed_over_in_one_call(
         end.close()
 
 
-def test_the_lease_deadline_travels_with_the_attempt_and_the_child_checks_it(senders, server):
+def test_the_child_checks_the_daemons_lease_trust_as_it_is_now(server):
+    trust = Trust()
+    senders = Senders(processes=1, workers=4, trust=trust)
+    senders.start()
+    senders.ready(WAIT)
     results = Results()
-    late = Attempt(hook(f"http://127.0.0.1:{server.port}/x"), 1, PAYLOAD, 1, time.monotonic())
-    senders.submit(late, results)
-    r = results.get(timeout=WAIT)
-    assert (r.ok, r.error, r.router_fault) == (False, LEASE_GONE, True)
-    assert server.received == []  # the child's monotonic clock is the daemon's: no POST
+    attempt = Attempt(hook(f"http://127.0.0.1:{server.port}/x"), 1, PAYLOAD, 1, trust.generation)
+    try:
+        trust.renewed(time.monotonic())  # already past: the child's clock is the daemon's
+        senders.submit(attempt, results)
+        r = results.get(timeout=WAIT)
+        assert (r.ok, r.error, r.router_fault) == (False, LEASE_GONE, True)
+        assert server.received == []
+        trust.renewed(time.monotonic() + 60)  # the shared memory: no message to the child
+        senders.submit(attempt, results)
+        assert results.get(timeout=WAIT).ok and len(server.received) == 1
+    finally:
+        senders.stop(1.0)

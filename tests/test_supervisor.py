@@ -28,6 +28,7 @@ from router.messages import (
 )
 from router.scheduler import Scheduler
 from router.supervisor import Enqueue, Wiring
+from router.trust import Trust
 from router.webhook import HEALTH_CHECK, Restored, Send, WakeAt, WebhookCore
 from tests.builders import event
 
@@ -396,15 +397,17 @@ def test_a_webhook_that_gives_up_again_after_a_probe_brought_it_back_is_probed_a
     assert core.schedule_probe(2000.0) == [WakeAt(2030.0)]
 
 
-def test_with_leases_each_attempt_carries_the_deadline_the_leases_are_trusted_to(parts):
-    wiring = dataclasses.replace(parts, deadline=lambda: 1234.5)
+def test_with_leases_each_attempt_carries_the_trust_generation_of_its_hand_off(parts):
+    trust = Trust()
+    trust.lose()  # generation 2
+    wiring = dataclasses.replace(parts, trust=trust)
     h = handle_for(wiring)
     h.tell(Enqueue((delivery(1), delivery(2))))
     sent = wait_until(lambda: len(wiring.pool.items) == 2 and wiring.pool.items)
-    assert [a.not_after for a, _ in sent] == [1234.5, 1234.5]
+    assert [a.lease_generation for a, _ in sent] == [2, 2]
     h.close()
-    alone = handle_for(parts)  # one daemon on its own: no deadline
+    alone = handle_for(parts)  # one daemon on its own: no lease to check
     alone.tell(Enqueue((delivery(3),)))
     (attempt, _), *_ = wait_until(lambda: parts.pool.items[2:] or None)
-    assert attempt.not_after == 0.0
+    assert attempt.lease_generation == 0
     alone.close()

@@ -345,16 +345,13 @@ def journal_settings(request, tmp_path, journal_backend) -> dict[str, Any]:
     """The config's ``journal`` section for this test's backend ({} for SQLite's defaults).
 
     On PostgreSQL: a fresh database of the session's server, for every daemon of the
-    test (a restart finds what the last run left, as with the SQLite file), and ``LEASE``
-    unless the test is marked ``@pytest.mark.lease(duration)``.
+    test (a restart finds what the last run left, as with the SQLite file), and ``LEASE``.
     """
     if journal_backend == "sqlite":
         return {}
     dsn_file = tmp_path / "pg.dsn"
     dsn_file.write_text(request.getfixturevalue("pg_dsn") + "\n")
-    marker = request.node.get_closest_marker("lease")
-    lease = marker.args[0] if marker else LEASE
-    return {"backend": "postgresql", "dsn_file": str(dsn_file), "lease": lease}
+    return {"backend": "postgresql", "dsn_file": str(dsn_file), "lease": LEASE}
 
 
 @pytest.fixture

@@ -216,13 +216,14 @@ def test_migrate_is_for_the_postgresql_journal(daemon_factory, hooks):
     assert out.returncode == 1 and "migrate is for journal.backend: postgresql" in out.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="an attempt carries the lease deadline of its hand-off to"
-                   " the pool: one that waits for a worker past it is dropped as 'lease ran out'"
-                   " though the lease was renewed meanwhile (not yet fixed)")  # fmt: skip
-def test_an_attempt_that_waits_for_a_worker_past_its_leases_deadline_is_sent(cluster, hooks):
+@pytest.mark.parametrize("processes", [0, 1], ids=["in-daemon", "sender-process"])
+def test_an_attempt_that_waits_for_a_worker_past_its_leases_deadline_is_sent(
+    cluster, hooks, processes
+):
+    """The renewals made while it waited count: the senders check the trust as it is now."""
     hooks.script("/slow", Reply(delay=LEASE * 1.5))  # holds the only worker past any deadline
     d = cluster("n1", [{"name": "slow", "url": hooks.url("/slow"), "max_in_flight": 2}],
-                delivery_processes=0, delivery_workers=1)  # fmt: skip
+                delivery_processes=processes, delivery_workers=1)  # fmt: skip
     d.start()
     assert d.send({"type": "T", "id": "first"})["ok"]
     assert d.send({"type": "T", "id": "second"})["ok"]  # handed over, waits for the worker

@@ -23,11 +23,6 @@ from router.delivery import HARD_DEADLINE, RESPONSE_CAP
 from tests.hostile import RawServer, blackhole
 from tests.integration.conftest import Daemon, wait_until
 
-# On PostgreSQL, the default lease: the attempts that wait for a worker behind the hostile
-# ones would outlive a 2 s lease's deadline, which an attempt carries from its hand-off
-# (test_cluster's test_an_attempt_that_waits_for_a_worker_past_its_leases_deadline_is_sent).
-pytestmark = pytest.mark.lease("15s")
-
 EVENTS = 4  # the hostile webhook's max_in_flight: enough attempts to take both workers
 MARGIN = 1.0  # seconds past the hard deadline a busy machine may need to log the failure
 
