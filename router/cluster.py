@@ -99,9 +99,12 @@ class Cluster:
         self._cursor = 0  # the newest event seq the poll has looked at
 
     def start(self, dispatcher: Any, webhooks: Iterable[str]) -> None:
-        """Take a first share now (so that READY means delivering), then keep at it."""
+        """Take a first share now (so that READY means delivering), then keep at it.
+
+        Raises ``RouterError`` when another live daemon runs as this node."""
         self._dispatcher = dispatcher
         self.keeper.want(webhooks)
+        self.keeper.claim()
         self.keeper.step()
         self.keeper.start()
         self._thread = threading.Thread(target=self._listen, name="cluster-listen", daemon=True)

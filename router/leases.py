@@ -18,6 +18,12 @@ given up at once (``on_lost``), before the next attempt goes out. ``trust``
 with a generation that every loss bumps: a daemon paused past its lease (SIGSTOP, a
 long GC pause, a frozen VM) wakes with attempts that no longer go out.
 
+A node name is one daemon's: the keeper's connection holds an advisory lock on it
+(``claim``), taken before its first round and again on every reconnection. A second
+daemon with the same ``node`` (two on one host keep the host name) is refused while
+the first is live; one whose heartbeat is older than ``lease`` (it died with its
+machine, and the server still keeps its connection) has its connection ended.
+
 Callbacks run on the keeper's thread: ``on_gained({webhook: epoch})`` after the
 commit that took them, ``on_lost([webhook, ...])`` before the commit that lets them
 go (the supervisors stop first, then the lease is free for another daemon).
@@ -32,10 +38,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from router import RouterError
 from router.pgstore import hold_off_writers
 from router.trust import Trust
 
 log = logging.getLogger(__name__)
+
+CLAIM_WAIT = 3.0  # seconds a claim waits for the name: a daemon just killed still holds it
+CLAIM_CHECK = 0.1  # seconds between tries meanwhile
 
 _HEARTBEAT = """
 INSERT INTO nodes (name, started_at, heartbeat_at) VALUES (%s, now(), now())
@@ -51,13 +61,27 @@ _RELEASE = """
 UPDATE leases SET owner = NULL, expires_at = '-infinity'
 WHERE owner = %s AND webhook = ANY(%s)
 """
+# Free, expired, or this node's from before (a restart, a lapse): not held here, so
+# taken again with a new epoch that fences out whatever was written under the old one.
 _TAKE = """
-UPDATE leases SET owner = %s, epoch = epoch + 1, expires_at = now() + make_interval(secs => %s)
+UPDATE leases SET owner = %(node)s, epoch = epoch + 1,
+    expires_at = now() + make_interval(secs => %(lease)s)
 WHERE webhook IN (
     SELECT webhook FROM leases
-    WHERE webhook = ANY(%s) AND (owner IS NULL OR expires_at < now())
-    ORDER BY webhook LIMIT %s FOR UPDATE SKIP LOCKED)
+    WHERE webhook = ANY(%(wanted)s) AND NOT webhook = ANY(%(held)s)
+      AND (owner IS NULL OR owner = %(node)s OR expires_at < now())
+    ORDER BY webhook LIMIT %(need)s FOR UPDATE SKIP LOCKED)
 RETURNING webhook, epoch
+"""
+# A node name's advisory lock: this constant and the name's hash (objsubid 2 in pg_locks).
+_NODE_LOCK = 0x57484B52
+_CLAIM = "SELECT pg_try_advisory_lock(%s, hashtext(%s))"
+_END_STALE = """
+SELECT pg_terminate_backend(l.pid, 5000) FROM pg_locks l
+WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
+  AND l.classid = %(key)s::oid AND l.objid = (hashtext(%(node)s)::bigint & 4294967295)::oid
+  AND NOT EXISTS (SELECT 1 FROM nodes WHERE name = %(node)s
+                  AND heartbeat_at > now() - make_interval(secs => %(lease)s))
 """
 _OWNERS = "SELECT webhook, owner FROM leases WHERE expires_at > now() AND webhook = ANY(%s)"
 
@@ -129,6 +153,41 @@ class LeaseKeeper:
             self._conn.close()
             self._conn = None
 
+    def claim(self) -> None:
+        """Connect, holding this node's name; raises ``RouterError`` when another live
+        daemon runs as it. Rounds call it after their connection was lost."""
+        if self._conn is not None:
+            return
+        conn = self._connect()
+        try:
+            with conn.transaction():
+                if not self._claim(conn):
+                    raise RouterError(
+                        f"another webhook-router runs as node '{self.node}' on this database:"
+                        " give each daemon its own `node` in the config"
+                    )
+                conn.execute(_HEARTBEAT, (self.node,))  # fresh: nobody takes it as stale
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _claim(self, conn: Any) -> bool:
+        """Take the name's lock, waiting ``CLAIM_WAIT`` for a holder whose daemon was just
+        killed (the server ends its connection within moments) or ending a stale one's."""
+        deadline = time.monotonic() + CLAIM_WAIT
+        args = {"key": _NODE_LOCK, "node": self.node, "lease": self.lease}
+        while True:
+            (ok,) = conn.execute(_CLAIM, (_NODE_LOCK, self.node)).fetchone()
+            if ok:
+                return True
+            if conn.execute(_END_STALE, args).fetchall():
+                log.warning("leases: ended the connection of a daemon that ran as node %s and"
+                            " stopped its heartbeat", self.node)  # fmt: skip
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(CLAIM_CHECK)
+
     def owners(self, webhooks: Iterable[str]) -> dict[str, str]:
         """Who holds each webhook's unexpired lease, by the database (others: no owner)."""
         with self._connect() as conn:
@@ -178,8 +237,7 @@ class LeaseKeeper:
 
     def round(self) -> None:
         """One transaction: heartbeat, renew, let go beyond the fair share, take up to it."""
-        if self._conn is None:
-            self._conn = self._connect()
+        self.claim()
         conn = self._conn
         sent = self._monotonic()
         with self._lock:
@@ -206,7 +264,9 @@ class LeaseKeeper:
             taken: dict[str, int] = {}
             if (need := share - len(keep[:share])) > 0:
                 hold_off_writers(conn)  # a write that checked the old lease commits first
-                rows = conn.execute(_TAKE, (self.node, self.lease, list(wanted), need)).fetchall()
+                args = {"node": self.node, "lease": self.lease, "wanted": list(wanted),
+                        "held": list(self.held), "need": need}  # fmt: skip
+                rows = conn.execute(_TAKE, args).fetchall()
                 taken = dict(rows)
         self._added.update(new)
         self.trust.renewed(sent + self.lease - self.margin)

@@ -10,9 +10,10 @@ supervisors keep owning retries and health: a child only reports facts.
 Each child is joined to the daemon by a socket pair it inherits: no file to
 protect, and a child whose daemon died (even by kill -9) reads end-of-file and
 exits. On several daemons it also inherits the lease trust (``router.trust``), shared
-memory its pool checks before each POST. Both ways carry a stream of msgpack arrays, one per record; whatever is waiting
-when a writer thread wakes goes in one write. What a child must know of a webhook
-to send to it (``_sendable``) travels once per config, not per attempt.
+memory its pool checks before each POST. Both ways carry a stream of msgpack arrays,
+one per record; whatever is waiting when a writer thread wakes goes in one write.
+What a child must know of a webhook to send to it (``_sendable``) travels once per
+config, not per attempt.
 
 A child that dies is replaced. Its attempts in flight are answered as the
 router's fault ("the sender process stopped"): they never count against the

@@ -6,7 +6,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from router import pgstore
+from router import RouterError, pgstore
 from router.leases import LeaseKeeper, fair_share
 from tests.integration.conftest import wait_until
 
@@ -113,7 +113,8 @@ def test_trust_ends_at_the_last_rounds_send_time_plus_lease_minus_margin(keepers
     assert not k.trust.allows(handed)
     k.check()
     assert seen.lost == [HOOKS] and k.held == {}
-    k.round()  # the next round succeeds: trusted again, for what it takes from now on
+    k.round()  # the next round succeeds: its own leases taken back, with new epochs
+    assert sorted(k.held) == HOOKS and set(k.held.values()) == {2}
     assert k.trust.allows(k.trust.generation)
     assert not k.trust.allows(handed)  # what was handed over before the loss stays unsent
 
@@ -158,3 +159,26 @@ def test_a_webhook_removed_from_the_config_is_given_up_and_released(keepers, pg_
     k.round()
     assert seen.lost == [["c", "d", "e"]]
     assert k.owners(HOOKS) == {"a": "n1", "b": "n1"}
+
+
+def test_a_second_keeper_with_the_same_node_name_is_refused_while_the_first_is_live(keepers):
+    first, _ = keepers("n1")
+    first.round()
+    twin, _ = keepers("n1")
+    with pytest.raises(RouterError, match="another webhook-router runs as node 'n1'"):
+        twin.claim()
+    assert not twin.step() and twin.held == {}  # its rounds fail the same way: nothing taken
+
+
+def test_a_node_name_whose_heartbeat_stopped_is_taken_over(keepers, pg_dsn, caplog):
+    gone, seen = keepers("n1")
+    gone.round()  # its machine died: the server keeps its connection (no FIN came)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE nodes SET heartbeat_at = now() - interval '1 hour'")
+    again, _ = keepers("n1")
+    again.claim()  # the stale one's connection is ended; the name is the new daemon's
+    assert "ended the connection of a daemon that ran as node n1" in caplog.text
+    assert not gone.step()  # the old one, if it wakes, finds its connection gone
+    assert seen.lost == [HOOKS]
+    with pytest.raises(RouterError, match="runs as node 'n1'"):
+        gone.claim()  # and the name taken

@@ -24,8 +24,8 @@ def cluster(tmp_path, pg_dsn):
     made: list[Daemon] = []
     (tmp_path / "pg.dsn").write_text(pg_dsn + "\n")
 
-    def make(node: str, webhooks: list[dict], **top) -> Daemon:
-        home = tmp_path / node
+    def make(node: str, webhooks: list[dict], home: str | None = None, **top) -> Daemon:
+        home = tmp_path / (home or node)
         home.mkdir()
         journal = {"backend": "postgresql", "dsn_file": str(tmp_path / "pg.dsn"), "lease": LEASE}
         d = Daemon(home, webhooks, node=node, journal=journal, **top)
@@ -214,6 +214,27 @@ def test_migrate_is_for_the_postgresql_journal(daemon_factory, hooks):
     d = daemon_factory(_hooks(hooks, 1))
     out = d.cli("migrate")
     assert out.returncode == 1 and "migrate is for journal.backend: postgresql" in out.stderr
+
+
+def test_a_second_daemon_with_the_same_node_name_is_refused_until_the_first_is_gone(
+    cluster, hooks
+):
+    """Two daemons on one host keep the host name unless told otherwise: they would both
+    think they hold the same leases and send everything twice."""
+    webhooks = _hooks(hooks, 2)
+    first = cluster("n1", webhooks)
+    first.start()
+    twin = cluster("n1", webhooks, home="twin")
+    twin.start(wait_ready=False)
+    assert twin.proc.wait(30) == 1
+    assert "cannot start: another webhook-router runs as node 'n1' on this database" in twin.log()
+    assert first.send({"type": "T", "id": "e1"})["ok"]
+    wait_until(lambda: hooks.ids("/w0") == ["e1"] and hooks.ids("/w1") == ["e1"], what="e1")
+    first.kill9()  # a node that crashed comes back under its own name at once
+    again = cluster("n1", webhooks, home="again").start()
+    assert again.send({"type": "T", "id": "e2"})["ok"]
+    wait_until(lambda: hooks.ids("/w0")[-1:] == ["e2"] and hooks.ids("/w1")[-1:] == ["e2"],
+               timeout=LEASE * 3 + 10, what="e2 delivered by the node again")  # fmt: skip
 
 
 @pytest.mark.parametrize("processes", [0, 1], ids=["in-daemon", "sender-process"])
