@@ -38,12 +38,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from router import RouterError
-from router.pgstore import hold_off_writers
+from router import RouterError, metrics
+from router.pgstore import forget_webhooks, hold_off_writers
 from router.trust import Trust
 
 log = logging.getLogger(__name__)
 
+WANTED_EVERY = 60.0  # seconds between marks of the webhooks this daemon's config has
+FORGOTTEN_AFTER = 600.0  # seconds unmarked by every daemon: removed everywhere (then swept)
 CLAIM_WAIT = 3.0  # seconds a claim waits for the name: a daemon just killed still holds it
 CLAIM_CHECK = 0.1  # seconds between tries meanwhile
 
@@ -52,7 +54,12 @@ INSERT INTO nodes (name, started_at, heartbeat_at) VALUES (%s, now(), now())
 ON CONFLICT (name) DO UPDATE SET heartbeat_at = now()
 """
 _LIVE = "SELECT count(*) FROM nodes WHERE heartbeat_at > now() - make_interval(secs => %s)"
-_ADD = "INSERT INTO leases (webhook) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING"
+# A row for each webhook wanted, its mark refreshed when older than ``fresh`` seconds.
+_WANT = """
+INSERT INTO leases (webhook) SELECT unnest(%(webhooks)s::text[])
+ON CONFLICT (webhook) DO UPDATE SET wanted_at = now()
+WHERE leases.wanted_at < now() - make_interval(secs => %(fresh)s)
+"""
 _RENEW = """
 UPDATE leases SET expires_at = now() + make_interval(secs => %s)
 WHERE owner = %s AND webhook = ANY(%s) RETURNING webhook, epoch
@@ -116,7 +123,9 @@ class LeaseKeeper:
         self._monotonic = monotonic
         self._lock = threading.Lock()  # the webhooks wanted, changed by reloads
         self._wanted: tuple[str, ...] = ()
-        self._added: set[str] = set()  # rows known to exist in ``leases``
+        self._added: set[str] = set()  # rows known to exist in ``leases``, marked
+        self._marked_at: float | None = None  # when every wanted row was last marked
+        self.wanted_every, self.forgotten_after = WANTED_EVERY, FORGOTTEN_AFTER
         self.held: dict[str, int] = {}  # webhook -> epoch; changed under _holding only
         self._holding = threading.RLock()  # the keeper's rounds, and give_up from elsewhere
         self.trust = Trust(monotonic=monotonic)  # what the senders check before each POST
@@ -244,8 +253,9 @@ class LeaseKeeper:
             wanted = self._wanted
         with conn.transaction():
             conn.execute(_HEARTBEAT, (self.node,))
-            if new := [w for w in wanted if w not in self._added]:
-                conn.execute(_ADD, (new,))
+            mark = self._marked_at is None or sent - self._marked_at >= self.wanted_every
+            if new := list(wanted) if mark else [w for w in wanted if w not in self._added]:
+                conn.execute(_WANT, {"webhooks": new, "fresh": self.wanted_every / 2})
             (live,) = conn.execute(_LIVE, (self.lease,)).fetchone()
             renewed = dict(
                 conn.execute(_RENEW, (self.lease, self.node, list(self.held))).fetchall()
@@ -268,12 +278,26 @@ class LeaseKeeper:
                         "held": list(self.held), "need": need}  # fmt: skip
                 rows = conn.execute(_TAKE, args).fetchall()
                 taken = dict(rows)
+            if mark:
+                self._sweep(conn, wanted, hold_off=need <= 0)
         self._added.update(new)
+        if mark:
+            self._marked_at = sent
         self.trust.renewed(sent + self.lease - self.margin)
         if taken:
             self.held.update(taken)
             log.info("leases: took %d: %s", len(taken), _some(sorted(taken)))
             self._on_gained(taken)
+
+    def _sweep(self, conn: Any, wanted: Iterable[str], hold_off: bool) -> None:
+        """Cancel the deliveries of webhooks that every daemon's config has lost (removed
+        while no daemon held them, or journaled by a daemon not yet reloaded)."""
+        if hold_off:
+            hold_off_writers(conn)
+        for webhook, n in sorted(forget_webhooks(conn, wanted, self.forgotten_after).items()):
+            log.warning("webhook %r is in no daemon's config any more: %d deliveries cancelled",
+                        webhook, n)  # fmt: skip
+            metrics.DELIVERIES.labels(webhook, "cancelled").inc(n)
 
     def _give_up(self, webhooks: list[str], release: bool = False, lost: bool = False) -> None:
         """Stop delivering ``webhooks`` now; with ``release``, free their leases too.

@@ -141,7 +141,8 @@ CREATE TABLE nodes (
     name text PRIMARY KEY, started_at timestamptz NOT NULL, heartbeat_at timestamptz NOT NULL);
 CREATE TABLE leases (
     webhook text PRIMARY KEY, owner text, epoch bigint NOT NULL DEFAULT 0,
-    expires_at timestamptz NOT NULL DEFAULT '-infinity');
+    expires_at timestamptz NOT NULL DEFAULT '-infinity',
+    wanted_at timestamptz NOT NULL DEFAULT now());  -- a live daemon's config had it then
 CREATE INDEX leases_by_owner ON leases (owner);
 CREATE TABLE requests (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, webhook text NOT NULL,
@@ -404,6 +405,28 @@ def migrate(conn: psycopg.Connection) -> list[int]:
 
 
 # --------------------------------------------------------------------------- fencing
+
+
+def forget_webhooks(
+    conn: psycopg.Connection, wanted: Iterable[str], after: float
+) -> dict[str, int]:
+    """Webhooks no daemon's config has had for ``after`` seconds, their lease free: their
+    lease rows go and their open deliveries are cancelled. {webhook: deliveries cancelled}.
+
+    For the lease keeper, after ``hold_off_writers``: a write still fenced by the lease
+    commits first, and one after it finds no lease.
+    """
+    rows = conn.execute(
+        "WITH gone AS (DELETE FROM leases"
+        "  WHERE wanted_at < now() - make_interval(secs => %s) AND NOT webhook = ANY(%s)"
+        "  AND (owner IS NULL OR expires_at < now()) RETURNING webhook),"
+        f" cancelled AS (UPDATE deliveries d SET state = '{CANCELLED}' FROM gone g"
+        f"  WHERE d.webhook = g.webhook AND d.state {_OPEN} RETURNING d.webhook)"
+        " SELECT g.webhook, (SELECT count(*) FROM cancelled c WHERE c.webhook = g.webhook)"
+        " FROM gone g",
+        (after, list(wanted)),
+    ).fetchall()
+    return dict(rows)
 
 
 def hold_off_writers(conn: psycopg.Connection) -> None:

@@ -182,3 +182,44 @@ def test_a_node_name_whose_heartbeat_stopped_is_taken_over(keepers, pg_dsn, capl
     assert seen.lost == [HOOKS]
     with pytest.raises(RouterError, match="runs as node 'n1'"):
         gone.claim()  # and the name taken
+
+
+def _open_deliveries(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT webhook, count(*) FROM deliveries WHERE state IN ('pending', 'exhausted')"
+            " GROUP BY webhook"
+        )
+        return dict(rows.fetchall())
+
+
+def test_a_webhook_no_daemons_config_has_any_more_is_swept(keepers, pg_dsn, caplog):
+    """Removed while nobody held it, or fed by a daemon not yet reloaded: nobody would ever
+    load its deliveries, and their events would never be purged."""
+    k1, _ = keepers("n1")
+    k2, _ = keepers("n2")
+    for k in (k1, k2):
+        k.wanted_every = 0.0  # every round marks and sweeps
+        k.want([*HOOKS, "old", "moving"])
+        k.round()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for i, webhook in enumerate(["old", "old", "moving", "a"]):
+            conn.execute("INSERT INTO events (id, type, received_at, body)"
+                         " VALUES (%s, 'T', 0, '{}')", (f"e{i}",))  # fmt: skip
+            conn.execute("INSERT INTO deliveries (seq, webhook, state)"
+                         " SELECT seq, %s, 'pending' FROM events WHERE id = %s",
+                         (webhook, f"e{i}"))  # fmt: skip
+    k1.want(HOOKS)  # both reloaded without "old"; only n1 without "moving" so far
+    k2.want([*HOOKS, "moving"])
+    for k in (k1, k2, k1, k2):
+        k.round()
+    assert "old" not in {**k1.held, **k2.held}
+    assert _open_deliveries(pg_dsn) == {"old": 2, "moving": 1, "a": 1}  # not for long yet
+    k1.forgotten_after = k2.forgotten_after = 0.5
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE leases SET wanted_at = now() - interval '1 minute'")
+    k2.round()  # "moving" is marked again by n2, whose config still has it
+    k1.round()
+    assert _open_deliveries(pg_dsn) == {"moving": 1, "a": 1}
+    assert "webhook 'old' is in no daemon's config any more: 2 deliveries cancelled" in caplog.text
+    assert "old" not in _owners(pg_dsn) and "moving" in _owners(pg_dsn)

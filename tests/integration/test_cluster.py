@@ -216,9 +216,7 @@ def test_migrate_is_for_the_postgresql_journal(daemon_factory, hooks):
     assert out.returncode == 1 and "migrate is for journal.backend: postgresql" in out.stderr
 
 
-def test_a_second_daemon_with_the_same_node_name_is_refused_until_the_first_is_gone(
-    cluster, hooks
-):
+def test_a_second_daemon_with_the_same_node_name_is_refused_until_the_first_is_gone(cluster, hooks):
     """Two daemons on one host keep the host name unless told otherwise: they would both
     think they hold the same leases and send everything twice."""
     webhooks = _hooks(hooks, 2)
