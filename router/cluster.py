@@ -111,11 +111,13 @@ class Cluster:
         self._thread.start()
 
     def want(self, webhooks: Iterable[str]) -> None:
-        """A reload's webhooks: the next round takes, keeps and lets go by them. One removed
-        and added again before that round is still held here: it starts again now."""
+        """A reload's webhooks (or the API's): a round now takes, keeps and lets go by them,
+        so that an added webhook within this daemon's share runs when the reload ends. One
+        removed and added again is still held here: it starts again now."""
         self.keeper.want(webhooks)
         if self._dispatcher is not None:
             self._gained(dict(self.keeper.held))  # those with a running handle are skipped
+            self.keeper.step()
 
     def stop(self) -> None:
         """Give every lease up (the supervisors stop first), so others take them now."""

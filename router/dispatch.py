@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from router.receiver import AckChannel
 from router.supervisor import Enqueue, Poke, Reconfigure, Wiring
 
 log = logging.getLogger(__name__)
+
+CANCEL_WAIT = 10.0  # seconds a reload waits for removed webhooks' cancels (shared journal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +121,8 @@ class Dispatcher:
         registry before their ``Cancel``, so a commit that no longer finds one cancels its
         deliveries itself and one that still did is covered by the ``Cancel``. With a
         ``shared`` journal, added webhooks wait for their lease, and only those held here
-        are changed or cancelled here (each holder does its own).
+        are changed or cancelled here (each holder does its own), their cancels written
+        before this returns, while the lease still fences them.
         """
         before = {w.name: w for w in old}
         after = {w.name: w for w in new}
@@ -134,9 +138,21 @@ class Dispatcher:
                     handle.tell(Reconfigure(w))
             gone = [self._handles[name] for name in removed if name in self._handles]
             self._handles = {n: h for n, h in self._handles.items() if n not in removed}
+        written: list[tuple[str, threading.Event]] = []
         for handle in gone:
             handle.close()
-            self._wiring.journal.submit(Cancel(handle.name))
+            if not self.shared:
+                self._wiring.journal.submit(Cancel(handle.name))
+                continue
+            done = threading.Event()
+            self._wiring.journal.submit(Cancel(handle.name, lambda _, done=done: done.set()))
+            written.append((handle.name, done))
+        if written:  # before the lease goes (the caller lets it go), which the cancel needs
+            deadline = time.monotonic() + CANCEL_WAIT
+            for name, done in written:
+                if not done.wait(max(0.0, deadline - time.monotonic())):
+                    log.warning("webhook %s: its cancel is not written yet; its lease goes"
+                                " anyway (what is left is swept later)", name)  # fmt: skip
         return Diff(tuple(w.name for w in added), tuple(removed), tuple(w.name for w in changed))
 
     # ------------------------------------------------------------------ leases (SPEC §8)

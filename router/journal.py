@@ -503,6 +503,8 @@ class Journal:
             n = self._fenced(out, db.cancel, conn, msg.webhook)
             if n is not None:
                 out.after.append(functools.partial(_log_cancelled, msg.webhook, n))
+            if msg.done is not None:
+                out.after.append(functools.partial(msg.done, n))
         else:
             raise TypeError(f"not a journal message: {type(msg).__name__}")
 

@@ -273,3 +273,5 @@ class Cancel:
     """A webhook left the config: cancel its unfinished deliveries (logged with the count)."""
 
     webhook: str
+    # Called after the commit with the count, or None when the lease was gone (SPEC §8).
+    done: Callable[[int | None], None] | None = None

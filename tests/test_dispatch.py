@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from router.clock import Clock
@@ -12,6 +14,7 @@ from router.messages import Accepted, Cancel, Committed, Rebuild
 from router.scheduler import Scheduler
 from router.supervisor import Enqueue, Reconfigure, Wiring
 from tests.builders import event
+from tests.integration.conftest import wait_until
 
 
 class Recorder:
@@ -148,5 +151,12 @@ def test_a_shared_journal_runs_only_the_webhooks_whose_lease_is_held_here(parts,
     d.release(["a"])
     assert [h.name for h in d] == [] and len(journal.items) == 1  # released, not cancelled
     d.acquire(hooks("b"))
-    d.apply(hooks("a", "b"), hooks("a"), lambda: None)  # b left the config: its holder cancels
-    assert Cancel("b") in journal.items
+    # b left the config: its holder cancels, and the reload waits for that to be written,
+    # because the lease that fences the write goes as soon as the reload ends.
+    reload = threading.Thread(target=d.apply, args=(hooks("a", "b"), hooks("a"), lambda: None))
+    reload.start()
+    (cancel,) = wait_until(lambda: [m for m in journal.items if isinstance(m, Cancel)])
+    assert cancel.webhook == "b" and reload.is_alive()
+    cancel.done(1)  # the journal committed it
+    reload.join(10)
+    assert not reload.is_alive()

@@ -531,6 +531,11 @@ def test_cancel_cancels_pending_and_exhausted_deliveries_of_one_webhook(make, cl
     }
     assert {v[0] for v in states(conn, "b").values()} == {"pending"}
     assert "webhook 'a' cancelled: 2 unfinished deliveries cancelled" in caplog.text
+    # A reload on a shared journal waits for the commit (router.dispatch): told the count.
+    told: list = []
+    j.submit(Cancel("b", lambda n: told.append((n, set(s[0] for s in states(conn, "b").values())))))
+    wait_until(lambda: told)
+    assert told == [(3, {"cancelled"})]  # called after the commit
 
 
 def test_load_pending_pages_by_after_seq_and_limit(make, clock):

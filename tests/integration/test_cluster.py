@@ -24,10 +24,11 @@ def cluster(tmp_path, pg_dsn):
     made: list[Daemon] = []
     (tmp_path / "pg.dsn").write_text(pg_dsn + "\n")
 
-    def make(node: str, webhooks: list[dict], home: str | None = None, **top) -> Daemon:
+    def make(node: str, webhooks: list[dict], home: str | None = None, lease: float = LEASE,
+             **top) -> Daemon:  # fmt: skip
         home = tmp_path / (home or node)
         home.mkdir()
-        journal = {"backend": "postgresql", "dsn_file": str(tmp_path / "pg.dsn"), "lease": LEASE}
+        journal = {"backend": "postgresql", "dsn_file": str(tmp_path / "pg.dsn"), "lease": lease}
         d = Daemon(home, webhooks, node=node, journal=journal, **top)
         made.append(d)
         return d
@@ -214,6 +215,17 @@ def test_migrate_is_for_the_postgresql_journal(daemon_factory, hooks):
     d = daemon_factory(_hooks(hooks, 1))
     out = d.cli("migrate")
     assert out.returncode == 1 and "migrate is for journal.backend: postgresql" in out.stderr
+
+
+def test_a_webhook_added_by_a_reload_is_held_and_delivering_when_the_reload_ends(cluster, hooks):
+    d = cluster("n1", _hooks(hooks, 1), lease=60.0)  # rounds 20 s apart: none comes by chance
+    d.start()
+    d.settings["webhooks"].append({"name": "new", "url": hooks.url("/new")})
+    d.write()
+    d.reload()
+    assert _owners(d) == {"w0": "n1", "new": "n1"}
+    assert d.send({"type": "T", "id": "e1"})["ok"]
+    wait_until(lambda: hooks.ids("/new") == ["e1"], what="e1 at the added webhook")
 
 
 def test_a_second_daemon_with_the_same_node_name_is_refused_until_the_first_is_gone(cluster, hooks):
