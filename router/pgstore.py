@@ -35,6 +35,7 @@ one it does not know (``open_writer``).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -44,14 +45,12 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from router import RouterError
-from router.clock import iso
+from router import RouterError, store
 from router.messages import (
     CANCELLED,
     DONE,
     EXHAUSTED,
     PENDING,
-    AlertState,
     Append,
     Committed,
     Delivery,
@@ -827,76 +826,11 @@ def pending_deliveries(
     return deliveries_within(rows, max_bytes)
 
 
-def attempts(
-    conn: psycopg.Connection,
-    webhook: str,
-    limit: int,
-    failed: bool = False,
-    event: str | None = None,
-) -> list[dict[str, Any]]:
-    """The attempt log of one webhook, newest first; ``failed``, ``event`` as router.store's."""
-    where, params = "webhook = %s", [webhook]
-    if failed:
-        where += " AND error IS NOT NULL"
-    if event is not None:
-        where += " AND event_id = %s"
-        params.append(event)
-    rows = conn.execute(
-        "SELECT event_id, seq, number, at, status, error, latency_ms, response FROM attempts"
-        f" WHERE {where} ORDER BY at DESC, id DESC LIMIT %s",
-        (*params, limit),
-    )
-    return [
-        {"id": eid, "seq": seq, "attempt": number, "at": iso(at), "status": status,
-         "error": error, "latency_ms": latency_ms, "response": response}
-        for eid, seq, number, at, status, error, latency_ms, response in rows
-    ]  # fmt: skip
-
-
-_STATE_COLUMNS = (
-    "name, state, disabled_reason, consecutive_failures, delivered, failed, last_success,"
-    " last_error, failing_since, last_alert, last_alert_at"
-)
-
-
-def saved_states(conn: psycopg.Connection) -> dict[str, WebhookState]:
-    """Every webhook's persisted state."""
-    rows = conn.execute(f"SELECT {_STATE_COLUMNS} FROM webhooks")
-    return {row[0]: _state(row) for row in rows}
-
-
-def _state(row: tuple) -> WebhookState:
-    """A ``webhooks`` row (name first) as the state it saved; columns 9 on are the alerts'."""
-    return WebhookState(*row[1:8], AlertState(*row[8:]))
-
-
-def one_webhook(conn: psycopg.Connection, webhook: str) -> tuple[WebhookState, int, int, int]:
-    """What a rebuild starts from: the saved state, (pending, exhausted) counts, newest seq."""
-    row = conn.execute(
-        f"SELECT {_STATE_COLUMNS} FROM webhooks WHERE name = %s", (webhook,)
-    ).fetchone()
-    counts = dict(
-        conn.execute(
-            "SELECT state, count(*) FROM deliveries WHERE webhook = %s"
-            f" AND state {_OPEN} GROUP BY state",
-            (webhook,),
-        ).fetchall()
-    )
-    (newest,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-    state = _state(row) if row else WebhookState()
-    return state, counts.get(PENDING, 0), counts.get(EXHAUSTED, 0), newest
-
-
-def unfinished(conn: psycopg.Connection) -> dict[str, tuple[int, int]]:
-    """Per webhook: (pending, exhausted) delivery counts."""
-    out: dict[str, tuple[int, int]] = {}
-    for webhook, state, n in conn.execute(
-        f"SELECT webhook, state, count(*) FROM deliveries WHERE state {_OPEN}"
-        " GROUP BY state, webhook"
-    ):
-        pending, exhausted = out.get(webhook, (0, 0))
-        out[webhook] = (n, exhausted) if state == PENDING else (pending, n)
-    return out
+# Reads whose SQL both journals speak: router.store's, with psycopg's parameter marker.
+attempts = functools.partial(store.attempts, mark="%s")
+saved_states = store.saved_states
+one_webhook = functools.partial(store.one_webhook, mark="%s")
+unfinished = store.unfinished
 
 
 # --------------------------------------------------------------------------- API-made webhooks

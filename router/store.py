@@ -547,27 +547,32 @@ def deliveries_within(rows: Any, max_bytes: int | None) -> tuple[tuple[Delivery,
     return tuple(out), 0
 
 
+# The readers from here to unfinished() serve both journals: their SQL is what SQLite and
+# PostgreSQL both speak, and router.pgstore calls them with psycopg's parameter ``mark``.
+
+
 def attempts(
-    conn: sqlite3.Connection,
+    conn: Any,
     webhook: str,
     limit: int,
     failed: bool = False,
     event: str | None = None,
+    mark: str = "?",
 ) -> list[dict[str, Any]]:
     """The attempt log of one webhook, newest first (``webhook-router attempts``, the API).
 
     ``failed``: only attempts that did not succeed (they carry an error); ``event``:
     only the attempts of that event id.
     """
-    where, params = "webhook = ?", [webhook]
+    where, params = f"webhook = {mark}", [webhook]
     if failed:
         where += " AND error IS NOT NULL"
     if event is not None:
-        where += " AND event_id = ?"
+        where += f" AND event_id = {mark}"
         params.append(event)
     rows = conn.execute(
         "SELECT event_id, seq, number, at, status, error, latency_ms, response FROM attempts"
-        f" WHERE {where} ORDER BY at DESC, id DESC LIMIT ?",
+        f" WHERE {where} ORDER BY at DESC, id DESC LIMIT {mark}",
         (*params, limit),
     )
     return [
@@ -577,9 +582,15 @@ def attempts(
     ]  # fmt: skip
 
 
-def saved_states(conn: sqlite3.Connection) -> dict[str, WebhookState]:
-    """Every webhook's persisted state, straight from the file."""
-    return {row[0]: _state(row) for row in conn.execute("SELECT * FROM webhooks")}
+_STATE_COLUMNS = (
+    "name, state, disabled_reason, consecutive_failures, delivered, failed, last_success,"
+    " last_error, failing_since, last_alert, last_alert_at"
+)
+
+
+def saved_states(conn: Any) -> dict[str, WebhookState]:
+    """Every webhook's persisted state, straight from the journal."""
+    return {row[0]: _state(row) for row in conn.execute(f"SELECT {_STATE_COLUMNS} FROM webhooks")}
 
 
 def _state(row: tuple) -> WebhookState:
@@ -587,16 +598,18 @@ def _state(row: tuple) -> WebhookState:
     return WebhookState(*row[1:8], AlertState(*row[8:]))
 
 
-def one_webhook(conn: sqlite3.Connection, webhook: str) -> tuple[WebhookState, int, int, int]:
+def one_webhook(conn: Any, webhook: str, mark: str = "?") -> tuple[WebhookState, int, int, int]:
     """What a rebuild starts from: the saved state, (pending, exhausted) counts, newest seq.
 
     The newest event seq tells deliveries the rebuild has seen (they are counted or
     in its queue head) from those committed after it.
     """
-    row = conn.execute("SELECT * FROM webhooks WHERE name = ?", (webhook,)).fetchone()
+    row = conn.execute(
+        f"SELECT {_STATE_COLUMNS} FROM webhooks WHERE name = {mark}", (webhook,)
+    ).fetchone()
     counts = dict(
         conn.execute(
-            "SELECT state, count(*) FROM deliveries WHERE webhook = ?"
+            f"SELECT state, count(*) FROM deliveries WHERE webhook = {mark}"
             " AND state IN ('pending', 'exhausted') GROUP BY state",
             (webhook,),
         ).fetchall()
@@ -606,8 +619,8 @@ def one_webhook(conn: sqlite3.Connection, webhook: str) -> tuple[WebhookState, i
     return state, counts.get(PENDING, 0), counts.get(EXHAUSTED, 0), newest
 
 
-def unfinished(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
-    """Per webhook: (pending, exhausted) delivery counts, straight from the file."""
+def unfinished(conn: Any) -> dict[str, tuple[int, int]]:
+    """Per webhook: (pending, exhausted) delivery counts, straight from the journal."""
     out: dict[str, tuple[int, int]] = {}
     for webhook, state, n in conn.execute(
         "SELECT webhook, state, count(*) FROM deliveries"
