@@ -44,6 +44,7 @@ DEFAULT_STATE_DIR = "./var"
 CONTROL_SOCKET = "control.sock"  # in state_dir, unless control.bind says otherwise
 JOURNAL_FILE = "journal.db"  # in state_dir: the journal, and the API-made webhooks
 DEFAULT_TOKENS_FILE = "./tokens.yaml"  # beside the config file, unless api.tokens_file says
+SIGNATURE_HEADER = "X-Signature"  # hmac-sha256-hex's header, unless signature_header says
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +78,7 @@ class WebhookConfig:
     rate_limit: RateLimit | None = None
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # may hold tokens
     signature: str = "standard"  # standard | hmac-sha256-hex | none
-    signature_header: str = "X-Signature"
+    signature_header: str = SIGNATURE_HEADER
     allow_private_networks: bool = False
     health: HealthConfig = HealthConfig()
     source: str = ""  # "FILE:LINE" where the webhook is defined
@@ -191,6 +192,13 @@ def _webhook(f: File, path: str, w: Map, defaults: Map, memo: dict) -> WebhookCo
     if (signature := merged.get("signature", "standard")) != "none" and not secret_keys:
         f.error(w.at, join(path, "secret"), f"is required for signature {signature!r}: "
                 f"set {', '.join(SECRET_KEYS[:-1])} or {SECRET_KEYS[-1]}")  # fmt: skip
+    if signature == "hmac-sha256-hex":  # its header is the router's, as the reserved ones are
+        ours = merged.get("signature_header", SIGNATURE_HEADER)
+        for name, _ in merged.get("headers", ()):
+            if name.lower() == ours.lower():
+                f.error(w.keys_at.get("headers", w.at), join(path, f"headers.{name}"),
+                        f"{name} is this webhook's signature_header, set by the router,"
+                        " and cannot be configured")  # fmt: skip
     top_rule = [k for k in RULE if k in w.keys_at]
     if "match" in w.keys_at and top_rule:
         f.error(w.keys_at["match"], join(path, "match"),

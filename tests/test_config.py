@@ -1101,3 +1101,18 @@ def test_the_journal_section_takes_each_backends_own_keys_and_a_node_name(tmp_pa
     cfg = config.load(str(main))
     assert (cfg.journal_backend, cfg.journal_dsn, cfg.lease) == ("sqlite", None, 15.0)
     assert cfg.node == socket.gethostname()
+
+
+def test_a_header_named_like_the_hmac_signature_header_is_refused():
+    errors = hook_errors("signature: hmac-sha256-hex\nsignature_header: X-Hub-Signature\n"
+                         "headers: {x-hub-signature: forged}\n")  # fmt: skip
+    assert errors == [
+        "router.yaml:7: webhooks[0].headers.x-hub-signature: x-hub-signature is this webhook's"
+        " signature_header, set by the router, and cannot be configured"
+    ]
+    assert hook_errors("signature: hmac-sha256-hex\nheaders: {X-Signature: x}\n") == [
+        "router.yaml:6: webhooks[0].headers.X-Signature: X-Signature is this webhook's"
+        " signature_header, set by the router, and cannot be configured"
+    ]  # the default one, X-Signature
+    standard = load_text(HOOK + _keys("headers: {X-Signature: x}\n")).webhooks[0]
+    assert standard.headers == (("X-Signature", "x"),)  # the standard scheme signs elsewhere
