@@ -251,13 +251,20 @@ class ControlServer:
 
     def _dispatch(self, envelope: list[bytes], body: bytes) -> None:
         if not self._slots.acquire(blocking=False):
-            busy = {"ok": False, "error": "the router is busy with other control requests"}
-            self._replies.put([*envelope, _pack(busy)])
-            self._wake()
+            self._refuse(envelope, "the router is busy with other control requests")
             return
-        threading.Thread(
-            target=self._work, args=(envelope, body), name="control-request", daemon=True
-        ).start()
+        try:
+            threading.Thread(
+                target=self._work, args=(envelope, body), name="control-request", daemon=True
+            ).start()
+        except RuntimeError as e:  # no thread to be had (a process or memory limit)
+            self._slots.release()
+            log.error("control: cannot start a thread for a request: %s", e)
+            self._refuse(envelope, "the router cannot start a thread for the request: try again")
+
+    def _refuse(self, envelope: list[bytes], why: str) -> None:
+        self._replies.put([*envelope, _pack({"ok": False, "error": why})])
+        self._wake()
 
     def _work(self, envelope: list[bytes], body: bytes) -> None:
         try:

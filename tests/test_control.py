@@ -287,3 +287,22 @@ def test_client_fails_at_once_on_a_stale_socket_file(tmp_path):
     with pytest.raises(NotReachable, match="is it running"):
         request(f"ipc://{tmp_path}/control.sock", "status", timeout=60)
     assert time.monotonic() - started < 30  # not the timeout: at once
+
+
+def test_a_request_that_gets_no_thread_is_answered_and_gives_its_slot_back(
+    server, monkeypatch, caplog
+):
+    real_start = threading.Thread.start
+
+    def refuse(thread):
+        if thread.name == "control-request":
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    for _ in range(MAX_REQUESTS + 1):  # more than the slots: each one was given back
+        with pytest.raises(ControlError, match="cannot start a thread for the request"):
+            request(server.address, "status", timeout=5)
+    assert "control: cannot start a thread for a request" in caplog.text
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    assert request(server.address, "status") == STATUS
