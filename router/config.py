@@ -36,6 +36,7 @@ from router.schema import (
     section,
     webhook_list,
 )
+from router.signing import scheme_header
 from router.validators import parse_duration as parse_duration  # re-exported: callers use config.*
 from router.validators import parse_size as parse_size
 
@@ -192,9 +193,8 @@ def _webhook(f: File, path: str, w: Map, defaults: Map, memo: dict) -> WebhookCo
     if (signature := merged.get("signature", "standard")) != "none" and not secret_keys:
         f.error(w.at, join(path, "secret"), f"is required for signature {signature!r}: "
                 f"set {', '.join(SECRET_KEYS[:-1])} or {SECRET_KEYS[-1]}")  # fmt: skip
-    if signature == "hmac-sha256-hex":  # its header is the router's, as the reserved ones are
-        ours = merged.get("signature_header", SIGNATURE_HEADER)
-        for name, _ in merged.get("headers", ()):
+    if ours := scheme_header(signature, merged.get("signature_header", SIGNATURE_HEADER)):
+        for name, _ in merged.get("headers", ()):  # the router's, as the reserved ones are
             if name.lower() == ours.lower():
                 f.error(w.keys_at.get("headers", w.at), join(path, f"headers.{name}"),
                         f"{name} is this webhook's signature_header, set by the router,"

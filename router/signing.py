@@ -26,6 +26,12 @@ RESERVED_HEADERS = frozenset(
 )  # fmt: skip
 
 
+def scheme_header(signature: str, signature_header: str) -> str | None:
+    """The header a signature scheme signs in beyond the reserved ones, the router's too:
+    hmac-sha256-hex's ``signature_header`` (the standard scheme's is reserved)."""
+    return signature_header if signature == "hmac-sha256-hex" else None
+
+
 def new_secret() -> str:
     """A new signing secret in the Standard Webhooks form: ``whsec_`` and 32 random bytes."""
     return "whsec_" + base64.b64encode(token_bytes(32)).decode()
@@ -72,8 +78,9 @@ class HeaderTemplate:
             raise ValueError(f"unknown signature scheme {webhook.signature!r}")
         self._webhook = webhook
         ours = set(RESERVED_HEADERS)
-        if webhook.signature == "hmac-sha256-hex" and webhook.secrets:
-            ours.add(webhook.signature_header.lower())
+        extra = scheme_header(webhook.signature, webhook.signature_header)
+        if extra and webhook.secrets:
+            ours.add(extra.lower())
         static = {"Content-Type": "application/json", "User-Agent": f"webhook-router/{__version__}"}
         for name, value in webhook.headers:
             if name.lower() not in ours:
