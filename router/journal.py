@@ -486,7 +486,7 @@ class Journal:
             )
             queued = None  # shared: others add to the webhook's queue, so count it (SPEC §8)
             if self._dsn is not None and not msg.seqs:
-                queued = db.one_webhook(conn, msg.webhook)[1]
+                queued = db.open_counts(conn, msg.webhook)[0]
             loaded = Loaded(msg.webhook, found, msg.after_seq, msg.limit, wanted, msg.seqs,
                             queued=queued)  # fmt: skip
             out.after.append(functools.partial(msg.reply, loaded))

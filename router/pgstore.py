@@ -830,6 +830,7 @@ def pending_deliveries(
 attempts = functools.partial(store.attempts, mark="%s")
 saved_states = store.saved_states
 one_webhook = functools.partial(store.one_webhook, mark="%s")
+open_counts = functools.partial(store.open_counts, mark="%s")
 unfinished = store.unfinished
 
 

@@ -607,6 +607,14 @@ def one_webhook(conn: Any, webhook: str, mark: str = "?") -> tuple[WebhookState,
     row = conn.execute(
         f"SELECT {_STATE_COLUMNS} FROM webhooks WHERE name = {mark}", (webhook,)
     ).fetchone()
+    pending, exhausted = open_counts(conn, webhook, mark)
+    (newest,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+    state = _state(row) if row else WebhookState()
+    return state, pending, exhausted, newest
+
+
+def open_counts(conn: Any, webhook: str, mark: str = "?") -> tuple[int, int]:
+    """One webhook's (pending, exhausted) delivery counts."""
     counts = dict(
         conn.execute(
             f"SELECT state, count(*) FROM deliveries WHERE webhook = {mark}"
@@ -614,9 +622,7 @@ def one_webhook(conn: Any, webhook: str, mark: str = "?") -> tuple[WebhookState,
             (webhook,),
         ).fetchall()
     )
-    (newest,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-    state = _state(row) if row else WebhookState()
-    return state, counts.get(PENDING, 0), counts.get(EXHAUSTED, 0), newest
+    return counts.get(PENDING, 0), counts.get(EXHAUSTED, 0)
 
 
 def unfinished(conn: Any) -> dict[str, tuple[int, int]]:
