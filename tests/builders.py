@@ -76,3 +76,14 @@ def sigint_as_at_a_terminal() -> None:
     """A ``preexec_fn``: the child stops on SIGINT as a command does at a terminal, even when
     the suite itself runs with SIGINT ignored (a shell's background job inherits that)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class HandClock:
+    """A monotonic clock as a callable (``time.monotonic``'s stand-in) that the test moves
+    by setting ``now``."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

@@ -18,6 +18,7 @@ from router import api, console
 from router.config import load
 from router.console import CSRF_HEADER, SESSION_COOKIE, SIGNIN_COOKIE, Sessions
 from router.tokens import Token
+from tests.builders import HandClock
 from tests.test_api import StandIn
 
 ADMIN = "wr_console-unit-test-admin-token"
@@ -28,19 +29,11 @@ def token(name: str = "t") -> Token:
     return Token(name, hashlib.sha256(name.encode()).digest(), "admin")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 # --------------------------------------------------------------------------- sessions
 
 
 def test_a_session_is_found_by_its_id_and_holds_neither_the_id_nor_the_token():
-    s = Sessions(Clock())
+    s = Sessions(HandClock())
     session_id, session = s.open(token())
     assert s.find(session_id) is session
     assert s.find(session_id + "x") is None
@@ -50,7 +43,7 @@ def test_a_session_is_found_by_its_id_and_holds_neither_the_id_nor_the_token():
 
 
 def test_a_session_ends_after_idle_time_unused_but_lives_on_while_used():
-    clock = Clock()
+    clock = HandClock()
     s = Sessions(clock, idle=60, lifetime=1000)
     kept, _ = s.open(token("kept"))
     idle, _ = s.open(token("idle"))
@@ -62,7 +55,7 @@ def test_a_session_ends_after_idle_time_unused_but_lives_on_while_used():
 
 
 def test_a_session_ends_at_its_lifetime_however_used():
-    clock = Clock()
+    clock = HandClock()
     s = Sessions(clock, idle=60, lifetime=100)
     session_id, _ = s.open(token())
     clock.now += 50
@@ -72,7 +65,7 @@ def test_a_session_ends_at_its_lifetime_however_used():
 
 
 def test_sessions_are_bounded_and_the_least_recently_used_is_signed_out_first(caplog):
-    clock = Clock()
+    clock = HandClock()
     s = Sessions(clock, limit=3)
     ids = [s.open(token(f"t{i}"))[0] for i in range(3)]
     s.find(ids[0])  # used: t1 is now the least recently used
@@ -84,7 +77,7 @@ def test_sessions_are_bounded_and_the_least_recently_used_is_signed_out_first(ca
 
 
 def test_expired_sessions_make_room_before_a_live_one_is_signed_out():
-    clock = Clock()
+    clock = HandClock()
     s = Sessions(clock, limit=2, idle=10)
     old, _ = s.open(token("old"))
     clock.now += 5
@@ -95,7 +88,7 @@ def test_expired_sessions_make_room_before_a_live_one_is_signed_out():
 
 
 def test_the_csrf_token_must_be_sent_exactly():
-    _, session = Sessions(Clock()).open(token())
+    _, session = Sessions(HandClock()).open(token())
     assert session.csrf_ok(session.csrf)
     for wrong in (None, "", session.csrf[:-1], session.csrf + "x", "é" * 43):
         assert not session.csrf_ok(wrong)

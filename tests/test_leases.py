@@ -8,6 +8,7 @@ import pytest
 
 from router import RouterError, pgstore
 from router.leases import LeaseKeeper, fair_share
+from tests.builders import HandClock
 from tests.integration.conftest import wait_until
 
 HOOKS = ["a", "b", "c", "d", "e"]
@@ -19,14 +20,6 @@ class Events:
     def __init__(self) -> None:
         self.gained: list[dict[str, int]] = []
         self.lost: list[list[str]] = []
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -101,7 +94,7 @@ def test_a_lease_not_renewed_expires_by_the_database_clock_and_moves_with_a_new_
 
 
 def test_trust_ends_at_the_last_rounds_send_time_plus_lease_minus_margin(keepers):
-    clock = Clock()
+    clock = HandClock()
     k, seen = keepers("n1", lease=10.0, clock=clock)
     k.round()
     assert k.trust.until == 1000.0 + 10.0 - k.margin

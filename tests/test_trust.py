@@ -5,18 +5,11 @@ import sys
 import time
 
 from router.trust import Trust
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.builders import HandClock
 
 
 def test_nothing_is_trusted_before_a_round_and_until_the_renewal_after_one():
-    clock = Clock()
+    clock = HandClock()
     t = Trust(monotonic=clock)
     handed = t.generation
     assert handed >= 1  # 0 is an attempt without a lease
@@ -30,7 +23,7 @@ def test_nothing_is_trusted_before_a_round_and_until_the_renewal_after_one():
 
 
 def test_a_loss_stops_what_was_handed_over_before_it_even_once_trusted_again():
-    clock = Clock()
+    clock = HandClock()
     t = Trust(monotonic=clock)
     t.renewed(1010.0)
     before = t.generation
